@@ -1,0 +1,171 @@
+"""The retraining flow: every DVC stage as a Prefect task, then promote.
+
+Each task runs its stage through ``dvc repro --single-item``, so DVC decides
+what changed and an unchanged stage is skipped; the flow adds retries (not for
+bad input, which stays bad), one MLflow parent run per pipeline run with a
+child per stage tagged with DVC's dependency hashes, a schedule
+(``prefect.yaml`` / ``tamis serve``) and the final registry promotion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+
+from stages import promote as promote_stage
+from stages import tracking
+from stages.config import Params, apply_overrides, load_params, parse_params, read_raw
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage exited non-zero; ``bad_input`` when the stage said why in one line."""
+
+    def __init__(self, stage: str, message: str, bad_input: bool):
+        super().__init__(f"stage '{stage}' failed: {message}")
+        self.stage, self.message, self.bad_input = stage, message, bad_input
+
+
+def stage_names(repo: Path) -> list[str]:
+    """The stages of dvc.yaml, in file order (which is DAG order)."""
+    return list((yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages", {}))
+
+
+def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run DVC from this environment, with this environment's ``python`` first on PATH."""
+    env = dict(env or os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """Stages whose own deps, params or outs differ from dvc.lock right now."""
+    proc = dvc(repo, "status", "--json")
+    if proc.returncode != 0:
+        return set(stage_names(repo))  # let each repro find out and say why
+    text = proc.stdout.strip()
+    status = json.loads(text[text.index("{") :]) if "{" in text else {}
+    return {name.split(":")[-1] for name in status}
+
+
+def _not_bad_input(task, task_run, state) -> bool:
+    exc = state.result(raise_on_failure=False)
+    return not getattr(exc, "bad_input", False)
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input, task_run_name="{stage}")
+def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, needs_dvc: bool) -> dict[str, Any]:
+    """One DVC stage in its own MLflow child run; skipped without DVC when nothing upstream changed."""
+    from mlflow import MlflowClient
+
+    logger = get_run_logger()
+    root = Path(repo)
+    client = MlflowClient(tracking.tracking_uri(root))
+    child = client.create_run(
+        experiment_id,
+        run_name=stage,
+        tags={"mlflow.parentRunId": parent_run_id, tracking.STAGE_TAG: stage},
+    ).info.run_id
+    start = time.perf_counter()
+    if needs_dvc:
+        proc = dvc(root, "repro", "--single-item", stage, env={**os.environ, tracking.RUN_ENV: child})
+        if proc.returncode != 0:
+            client.set_terminated(child, "FAILED")
+            said = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"tamis {stage}: ")]
+            message = said[-1].split(": ", 1)[1] if said else _last_error(proc)
+            raise StageFailed(stage, message, bad_input=bool(said))
+    executed = client.get_run(child).data.tags.get(tracking.EXECUTED_TAG) == "true"
+    if not executed:
+        client.set_tag(child, tracking.EXECUTED_TAG, "false")
+    for path, md5 in tracking.lock_hashes(stage, root).items():
+        client.set_tag(child, f"dvc.dep.{path}", md5)
+    client.set_terminated(child, "FINISHED")
+    seconds = time.perf_counter() - start
+    logger.info("%s: %s in %.1fs", stage, "ran" if executed else "unchanged, skipped", seconds)
+    return {"stage": stage, "executed": executed, "seconds": seconds}
+
+
+def _last_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
+    return (errors or lines or ["no output"])[-1].strip()
+
+
+@task(retries=1, retry_delay_seconds=5)
+def promote(repo: str, parent_run_id: str) -> dict[str, Any]:
+    return promote_stage.run(load_params(Path(repo) / "params.yaml"), Path(repo), parent_run_id)
+
+
+def write_params(repo: Path, overrides: list[str]) -> Params:
+    """Check the overrides against the whole params file, then write them into it.
+
+    params.yaml stays the single record of what ran (as ``dvc exp run -S`` does);
+    comments survive because ruamel.yaml rewrites it.
+    """
+    path = repo / "params.yaml"
+    params = parse_params(apply_overrides(read_raw(path), overrides), f"{path} with --set overrides")
+    if overrides:
+        from ruamel.yaml import YAML
+
+        rt = YAML()
+        rt.preserve_quotes = True
+        data = rt.load(path.read_text())
+        data = apply_overrides(data, overrides)
+        tmp = path.with_name(".params.yaml.tmp")
+        with tmp.open("w") as fh:
+            rt.dump(data, fh)
+        tmp.replace(path)
+    return params
+
+
+@flow(name="tamis-retrain", log_prints=True)
+def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run the pipeline in ``repo`` (a tamis checkout with DVC initialised) and promote."""
+    from mlflow import MlflowClient
+
+    root = Path(repo).resolve()
+    params = write_params(root, list(overrides or []))
+    experiment_id = tracking.experiment_id(params.tracking.experiment, root)
+    client = MlflowClient(tracking.tracking_uri(root))
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"tamis.pipeline": "retrain", "tamis.git_commit": tracking.git_commit(root)},
+    ).info.run_id
+    flat = tracking.flatten_params(params.model_dump(by_alias=True, mode="json"))
+    for key, value in flat.items():
+        client.log_param(parent, key, str(value)[:6000])
+    stages = stage_names(root)
+    results: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    try:
+        # fingerprint always runs (it hashes the inputs); after it, one `dvc status`
+        # says which stages changed, and DVC is only asked about those and what follows
+        results.append(run_stage(stages[0], str(root), parent, experiment_id, True))
+        pending = changed_stages(root)
+        upstream_ran = False
+        for stage in stages[1:]:
+            needs = upstream_ran or stage in pending
+            result = run_stage(stage, str(root), parent, experiment_id, needs)
+            results.append(result)
+            upstream_ran = upstream_ran or result["executed"]
+        promoted = promote(str(root), parent)
+    except Exception:
+        client.set_terminated(parent, "FAILED")
+        raise
+    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
+    for key in ("accuracy", "macro_f1", "ece"):
+        client.log_metric(parent, key, evaluation[key])
+    client.log_metric(parent, "wall_seconds", time.perf_counter() - start)
+    for report in ("reports/model_card.md", "dvc.lock"):
+        if (root / report).exists():
+            client.log_artifact(parent, str(root / report))
+    client.set_terminated(parent, "FINISHED")
+    return {"parent_run_id": parent, "stages": results, "promote": promoted, "evaluate": evaluation}

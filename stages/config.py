@@ -1,0 +1,213 @@
+"""Typed params: every knob of params.yaml, checked before any work starts.
+
+An unknown key, a wrong type or an impossible value stops with one sentence
+naming the key (``train.epochs``), so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.contract import StageError
+
+Fraction = Field(gt=0.0, lt=1.0)
+
+
+class ConfigError(StageError):
+    """A params key is unknown, mistyped or impossible."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class NoiseParams(Section):
+    """Demo label noise, flipped in the train split only; the truth is kept apart."""
+
+    rate: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+class DataParams(Section):
+    train: str = "sklearn:digits"
+    test: str | None = None
+    label: str = "label"
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    calib_size: float = Field(0.15, gt=0.0, lt=1.0)
+    numeric: list[str] | None = None
+    categorical: list[str] | None = None
+    inject_noise: NoiseParams | None = None
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> "DataParams":
+        carved = self.calib_size + (0.0 if self.test else self.test_size)
+        if carved >= 0.9:
+            raise ValueError(
+                f"calib_size + test_size is {carved:g}; they must leave at least 10% of rows for training"
+            )
+        return self
+
+
+class ValidateParams(Section):
+    numeric_share: float = Field(0.9, gt=0.5, le=1.0)
+    """An object column whose values parse as numbers at least this often is numeric."""
+    max_null_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Largest share of missing values allowed in a feature column."""
+
+
+class FitParams(Section):
+    """How a torch model is fitted; shared by audit, train and distill."""
+
+    hidden: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> "FitParams":
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
+        return self
+
+
+class AuditParams(FitParams):
+    folds: int = Field(5, ge=2)
+    epochs: int = Field(25, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [128], min_length=1)
+
+
+class CorrectParams(Section):
+    label_issue: Literal["keep", "drop"] = "drop"
+    max_drop_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    """Never drop more than this share of any one class."""
+
+
+class ResampleParams(Section):
+    method: Literal["none", "random_over"] = "random_over"
+    sampling_strategy: str | float | dict[str, int] = "auto"
+
+
+class TrainParams(FitParams):
+    patience: int = Field(10, ge=1)
+    loss: Literal["ce", "label_smoothing"] = "ce"
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class CalibrateParams(Section):
+    method: Literal["temperature"] = "temperature"
+    max_iter: int = Field(200, ge=1)
+
+
+class DistillParams(FitParams):
+    hidden: list[int] = Field(default_factory=lambda: [64], min_length=1)
+    patience: int = Field(10, ge=1)
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
+
+
+class CompressParams(Section):
+    quantize: Literal["int8_dynamic", "none"] = "int8_dynamic"
+    parity_atol: float = Field(1e-4, gt=0.0)
+
+
+class EvaluateParams(Section):
+    ece_bins: int = Field(15, ge=2)
+
+
+class PromoteParams(Section):
+    model_name: str = Field("tamis", min_length=1)
+
+
+class TrackingParams(Section):
+    experiment: str = Field("tamis", min_length=1)
+
+
+class Params(Section):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tracking: TrackingParams = TrackingParams()
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    audit: AuditParams = AuditParams()
+    correct: CorrectParams = CorrectParams()
+    resample: ResampleParams = ResampleParams()
+    train: TrainParams = TrainParams()
+    calibrate: CalibrateParams = CalibrateParams()
+    distill: DistillParams = DistillParams()
+    compress: CompressParams = CompressParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as plain data, for logging."""
+        return self.model_dump(by_alias=True, mode="json")[name]
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    more = len(err.errors()) - 1
+    tail = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'; check its spelling against params.yaml{tail}."
+    got = first.get("input")
+    got_s = "" if isinstance(got, dict) else f", got {got!r}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {key or 'params'}: {msg}{got_s}{tail}."
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} is missing: tamis needs a params file at the repository root.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]}).") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}.")
+    return raw or {}
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return parse_params(read_raw(path), str(path))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=5`` -> (["train", "epochs"], 5); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' must look like key.path=value.")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``key.path=value`` set (validated later, as a whole)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return out

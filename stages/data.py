@@ -1,0 +1,208 @@
+"""Tables: load a source, split it, infer its schema, encode it for torch.
+
+Row identity: every table carries ``row_id``, the 0-based position of the row in
+the table it was read from, so any row of any split traces back to the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages.contract import StageError, read_json
+
+SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer")
+ROW_ID = "row_id"
+SPLITS = ("train", "calib", "test")
+# Columns tamis adds beside the user's features; never fed to a model.
+META_COLUMNS = (ROW_ID, "split", "weight", "original_label", "action", "reason", "synthetic")
+
+
+def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFrame:
+    """Read ``sklearn:<name>``, a CSV or a Parquet file into a DataFrame."""
+    if source.startswith("sklearn:"):
+        name = source.split(":", 1)[1]
+        if name not in SKLEARN_SETS:
+            raise StageError(
+                f"{key}: unknown scikit-learn dataset '{name}'; expected one of {', '.join(SKLEARN_SETS)}."
+            )
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, f"load_{name}")(as_frame=True)
+        frame = bunch.frame.rename(columns={"target": label})
+        frame.columns = [str(c) for c in frame.columns]
+        return frame
+    path = Path(source)
+    if not path.is_file():
+        raise StageError(f"{key}: file '{source}' does not exist.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".txt"):
+            frame = pd.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            raise StageError(f"{key}: '{source}' should be a .csv or .parquet file.")
+    except StageError:
+        raise
+    except Exception as err:  # a parser's own words are the useful part
+        raise StageError(f"{key}: could not read '{source}' ({type(err).__name__}: {err}).") from None
+    if frame.empty:
+        raise StageError(f"{key}: '{source}' has no rows.")
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def stratify_key(labels: pd.Series) -> pd.Series | None:
+    """Labels usable for a stratified split, or None when no split can stratify.
+
+    Nulls and classes of one row are pooled into one stratum, so the split
+    never fails here; judging the labels is validate's job, not ingest's.
+    """
+    key = labels.astype("string").fillna("<null>")
+    counts = key.value_counts()
+    key = key.where(~key.isin(counts[counts < 2].index), "<rare>")
+    counts = key.value_counts()
+    if len(counts) < 2 or counts.min() < 2:
+        return None
+    return key
+
+
+def split_frame(
+    frame: pd.DataFrame, label: str, fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified (when possible) split into (rest, carved) with ``fraction`` carved."""
+    from sklearn.model_selection import train_test_split
+
+    n_carved = max(1, int(round(len(frame) * fraction)))
+    key = stratify_key(frame[label])
+    if key is not None and n_carved < key.nunique():
+        key = None  # too few rows to hold every class: plain random split
+    if key is not None and len(frame) - n_carved < key.nunique():
+        key = None
+    rest, carved = train_test_split(frame, test_size=n_carved, random_state=seed, stratify=key)
+    return rest.sort_values(ROW_ID), carved.sort_values(ROW_ID)
+
+
+def read_split(folder: str | Path, split: str) -> pd.DataFrame:
+    path = Path(folder) / f"{split}.parquet"
+    if not path.exists():
+        raise StageError(f"{path} is missing: run the stage that writes it first (dvc repro).")
+    return pd.read_parquet(path)
+
+
+def feature_columns(frame: pd.DataFrame, label: str) -> list[str]:
+    return [c for c in frame.columns if c != label and c not in META_COLUMNS]
+
+
+@dataclass
+class Schema:
+    """What validate accepted: which columns are numeric, which categorical, which classes."""
+
+    label: str
+    numeric: list[str]
+    categorical: list[str]
+    classes: list[Any]
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+    def save_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Schema":
+        return cls(**read_json(path))
+
+
+def is_categorical_dtype(series: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
+
+
+@dataclass
+class Encoder:
+    """Numeric columns standardised (nulls to the train median), categories to codes.
+
+    Category code 0 is kept for values unseen in training, so a new category at
+    prediction time is no crash. Fitted on training rows only.
+    """
+
+    numeric: list[str]
+    categorical: list[str]
+    classes: list[Any]
+    center: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    fill: list[float] = field(default_factory=list)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, schema: Schema) -> "Encoder":
+        num = frame[schema.numeric].to_numpy(dtype=np.float64) if schema.numeric else np.zeros((len(frame), 0))
+        fill = np.nan_to_num(np.nanmedian(num, axis=0)) if len(num) else np.zeros(num.shape[1])
+        num = np.where(np.isnan(num), fill, num)
+        center = num.mean(axis=0) if len(num) else np.zeros(num.shape[1])
+        scale = num.std(axis=0) if len(num) else np.ones(num.shape[1])
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        categories = {
+            c: sorted(frame[c].dropna().astype(str).unique().tolist()) for c in schema.categorical
+        }
+        return cls(
+            numeric=list(schema.numeric),
+            categorical=list(schema.categorical),
+            classes=list(schema.classes),
+            center=center.tolist(),
+            scale=scale.tolist(),
+            fill=fill.tolist(),
+            categories=categories,
+        )
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Codes per categorical column, the unseen-value code 0 included."""
+        return [len(self.categories[c]) + 1 for c in self.categorical]
+
+    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(numeric float32 [n, n_num], categorical int64 codes [n, n_cat])."""
+        missing = [c for c in self.numeric + self.categorical if c not in frame.columns]
+        if missing:
+            raise StageError(f"input is missing feature column(s) {missing}.")
+        if self.numeric:
+            num = frame[self.numeric].to_numpy(dtype=np.float64)
+            num = np.where(np.isnan(num), np.asarray(self.fill), num)
+            num = ((num - np.asarray(self.center)) / np.asarray(self.scale)).astype(np.float32)
+        else:
+            num = np.zeros((len(frame), 0), dtype=np.float32)
+        cat = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
+        for j, c in enumerate(self.categorical):
+            lookup = {v: i + 1 for i, v in enumerate(self.categories[c])}
+            cat[:, j] = frame[c].astype(str).map(lookup).fillna(0).to_numpy(dtype=np.int64)
+        return num, cat
+
+    def labels(self, series: pd.Series, where: str = "labels") -> np.ndarray:
+        """Class indices 0..K-1 in the order of ``classes``."""
+        lookup = {_key(v): i for i, v in enumerate(self.classes)}
+        codes = series.map(lambda v: lookup.get(_key(v), -1)).to_numpy(dtype=np.int64)
+        if (codes < 0).any():
+            bad = series[codes < 0].iloc[0]
+            bad = bad.item() if isinstance(bad, np.generic) else bad
+            raise StageError(f"{where}: label {bad!r} is not one of the training classes {self.classes}.")
+        return codes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Encoder":
+        return cls(**d)
+
+
+def _key(value: Any) -> str:
+    """Label identity across int/str/numpy types (3, '3' and np.int64(3) are one class)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value)

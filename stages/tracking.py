@@ -1,0 +1,142 @@
+"""MLflow: where runs go, one nested run per stage, lineage tags.
+
+A pipeline run is one parent MLflow run. The flow creates a child run per stage
+and hands its id to the stage process in ``TAMIS_RUN_ID``; the stage logs its
+params, metrics and artifacts into it. After DVC has run the stage, the flow
+tags the child with the stage's dependency hashes from ``dvc.lock``. A stage
+run by plain ``dvc repro`` (no flow) logs into a run of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RUN_ENV = "TAMIS_RUN_ID"
+STAGE_TAG = "tamis.stage"
+EXECUTED_TAG = "tamis.executed"
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite file in the repository."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def experiment_id(name: str, root: str | Path = ".") -> str:
+    """Set the tracking URI and return the experiment's id, creating it if new.
+
+    A new experiment on the default local store keeps its artifacts beside the
+    database (``mlartifacts/``), not wherever the process happened to start.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(root))
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        location = (Path(root).resolve() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit(root: str | Path = ".") -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested metrics to ``a.b.c`` keys; lists become ``name.0``, ``name.1``; non-numbers dropped."""
+    out: dict[str, float] = {}
+    items = metrics.items() if isinstance(metrics, dict) else enumerate(metrics)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, (int, float)) and value == value:
+            out[name] = float(value)
+        elif isinstance(value, (dict, list)):
+            out.update(flatten(value, f"{name}."))
+    return out
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str, params: Any, sections: tuple[str, ...] = (), root: str | Path = ".", parent_run_id: str | None = None
+) -> Iterator[Any]:
+    """The MLflow run a stage logs into, with its params sections, commit and stage tags.
+
+    Inside a flow the run already exists (``TAMIS_RUN_ID``); otherwise a new one
+    starts, nested under ``parent_run_id`` when given.
+    """
+    import mlflow
+
+    exp_id = experiment_id(params.tracking.experiment, root)
+    run_id = os.environ.get(RUN_ENV)
+    if run_id:
+        kwargs: dict[str, Any] = {"run_id": run_id}
+    else:
+        kwargs = {"experiment_id": exp_id, "run_name": stage, "parent_run_id": parent_run_id}
+    with mlflow.start_run(**kwargs) as run:
+        mlflow.set_tags({STAGE_TAG: stage, "tamis.git_commit": git_commit(root)})
+        logged = {"seed": params.seed, "device": params.device}
+        for name in sections:
+            logged.update({f"{name}.{k}": v for k, v in flatten_params(params.section(name)).items()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
+        yield run
+        mlflow.set_tag(EXECUTED_TAG, "true")
+
+
+def flatten_params(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
+    import mlflow
+
+    flat = flatten(metrics)
+    if flat:
+        mlflow.log_metrics({f"{prefix}{k}": v for k, v in flat.items()})
+
+
+def log_dataset(frame: Any, name: str, source: str, context: str) -> str:
+    """Record a table as a run input (MLflow computes its digest); returns the digest.
+
+    ``source`` is a file path (recorded as the dataset's source) or ``sklearn:<name>``
+    (kept as a tag: MLflow resolves sources by URI and knows no such scheme).
+    """
+    import mlflow
+
+    if source.startswith("sklearn:"):
+        dataset = mlflow.data.from_pandas(frame, name=name)
+        mlflow.set_tag(f"tamis.source.{name}", source)
+    else:
+        dataset = mlflow.data.from_pandas(frame, source=str(Path(source).resolve()), name=name)
+    mlflow.log_input(dataset, context=context)
+    return dataset.digest
+
+
+def lock_hashes(stage: str, root: str | Path = ".", kind: str = "deps") -> dict[str, str]:
+    """A stage's ``deps`` (or ``outs``) hashes as DVC recorded them in dvc.lock (path -> md5)."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.exists():
+        return {}
+    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
+    return {d["path"]: d.get("md5") or d.get("hash", "") for d in entry.get(kind, [])}

@@ -1,0 +1,237 @@
+"""Validate: a great-expectations gate between the raw table and everything after it.
+
+The suite is built from the params and the inferred schema: columns present in
+every split, label never null, at least two classes, every class with enough
+rows for the audit's folds, numeric columns numeric and finite, few nulls, no
+class in calib / test that train lacks. A broken table stops here with one
+sentence naming the file and the column; an accepted one is written, typed,
+to ``data/validated/`` with its schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages import tracking
+from stages.config import Params
+from stages.contract import Outputs, StageError, dumps, read_json, stage_main
+from stages.data import ROW_ID, SPLITS, Schema, feature_columns, read_split
+
+RAW = Path("data/raw")
+OUT = Path("data/validated")
+REPORT = Path("reports/validation.json")
+METRICS = Path("metrics/validate.json")
+NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def infer_schema(train: pd.DataFrame, params: Params) -> Schema:
+    """Numeric or categorical per column: explicit params first, then the values.
+
+    A text column whose values mostly parse as numbers (``validate.numeric_share``)
+    is a numeric column with some bad values, not a categorical one; the suite
+    then names the bad values.
+    """
+    d = params.data
+    features = feature_columns(train, d.label)
+    for key, listed in (("data.numeric", d.numeric), ("data.categorical", d.categorical)):
+        unknown = [c for c in listed or [] if c not in features]
+        if unknown:
+            raise StageError(f"{key}: column(s) {unknown} are not in {d.train}.")
+    numeric, categorical = [], []
+    for col in features:
+        s = train[col]
+        if d.numeric and col in d.numeric:
+            numeric.append(col)
+        elif d.categorical and col in d.categorical:
+            categorical.append(col)
+        elif pd.api.types.is_bool_dtype(s):
+            categorical.append(col)
+        elif pd.api.types.is_numeric_dtype(s):
+            numeric.append(col)
+        else:
+            values = s.dropna()
+            parsed = pd.to_numeric(values, errors="coerce").notna().mean() if len(values) else 0.0
+            (numeric if parsed >= params.validate_.numeric_share else categorical).append(col)
+    classes = sorted(train[d.label].dropna().unique().tolist(), key=lambda v: (str(type(v)), v))
+    return Schema(label=d.label, numeric=numeric, categorical=categorical, classes=classes)
+
+
+@dataclass
+class Check:
+    """One expectation with the sentence a user reads when it fails."""
+
+    expectation: Any
+    message: str
+
+
+def _suite_checks(frame: pd.DataFrame, split: str, schema: Schema, params: Params, where: str) -> list[Check]:
+    import great_expectations as gx
+
+    E = gx.expectations
+    label = schema.label
+    checks = [
+        Check(E.ExpectColumnToExist(column=c), f"{where}: column '{c}' is missing")
+        for c in [label, *schema.features]
+    ]
+    present = set(frame.columns)
+    checks.append(
+        Check(
+            E.ExpectTableColumnsToMatchSet(column_set=[ROW_ID, label, *schema.features], exact_match=True),
+            f"{where}: columns differ from the training table's",
+        )
+    )
+    if label in present:
+        checks.append(Check(E.ExpectColumnValuesToNotBeNull(column=label), f"{where}: label column '{label}' has nulls"))
+        if split == "train":
+            checks.append(
+                Check(
+                    E.ExpectColumnUniqueValueCountToBeBetween(column=label, min_value=2),
+                    f"{where}: label column '{label}' holds only one class; a classifier needs at least two",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    E.ExpectColumnValuesToBeInSet(column=label, value_set=schema.classes),
+                    f"{where}: label column '{label}' holds classes the training split lacks",
+                )
+            )
+    allowed_nulls = 1.0 - params.validate_.max_null_fraction
+    for col in schema.numeric:
+        if col not in present:
+            continue
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            checks.append(
+                Check(
+                    E.ExpectColumnValuesToMatchRegex(column=col, regex=NUMBER),
+                    f"{where}: column '{col}' should be numeric but holds non-numeric values",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    E.ExpectColumnValuesToBeBetween(column=col, min_value=-1e300, max_value=1e300),
+                    f"{where}: numeric column '{col}' holds infinite values",
+                )
+            )
+    for col in schema.features:
+        if col in present:
+            checks.append(
+                Check(
+                    E.ExpectColumnValuesToNotBeNull(column=col, mostly=allowed_nulls),
+                    f"{where}: column '{col}' has more than {params.validate_.max_null_fraction:.0%} missing values"
+                    " (validate.max_null_fraction)",
+                )
+            )
+    return checks
+
+
+def _gx_validate(frame: pd.DataFrame, split: str, checks: list[Check]) -> tuple[list[str], dict[str, Any]]:
+    """Run the checks as one great-expectations suite; (failure sentences, GX result)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_def = ctx.data_sources.add_pandas("tamis").add_dataframe_asset(split).add_batch_definition_whole_dataframe(
+        "all"
+    )
+    suite = gx.ExpectationSuite(name=f"tamis-{split}")
+    for check in checks:
+        suite.add_expectation(check.expectation)
+    suite = ctx.suites.add(suite)
+    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="SUMMARY")
+    failures = []
+    by_id = {r.expectation_config.id: r for r in result.results}
+    for check in checks:
+        res = by_id.get(check.expectation.id)
+        if res is None or res.success:
+            continue
+        examples = res.result.get("partial_unexpected_list") or []
+        shown = f" (e.g. {examples[0]!r})" if examples else ""
+        failures.append(check.message + shown)
+    return failures, result.to_json_dict()
+
+
+def class_counts_check(train: pd.DataFrame, schema: Schema, folds: int, where: str) -> list[str]:
+    """Every class needs at least ``audit.folds`` rows, or the audit's K-fold cannot stratify.
+
+    great-expectations has no per-value count expectation, so this one is pandas.
+    """
+    counts = train[schema.label].value_counts()
+    small = counts[counts < folds]
+    if small.empty:
+        return []
+    cls, n = small.index[0], int(small.iloc[0])
+    return [
+        f"{where}: class {cls!r} has {n} training row(s), fewer than audit.folds={folds}"
+        " (add rows, merge the class, or lower audit.folds)"
+    ]
+
+
+def typed(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Numeric columns as float64, categorical as strings (nulls kept)."""
+    out = frame[[ROW_ID, schema.label, *schema.features]].copy()
+    for col in schema.numeric:
+        out[col] = pd.to_numeric(out[col], errors="raise").astype(np.float64)
+    for col in schema.categorical:
+        out[col] = out[col].astype("string")
+    return out
+
+
+def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
+    root = Path(root)
+    meta = read_json(root / RAW / "meta.json")
+    frames = {s: read_split(root / RAW, s) for s in SPLITS}
+    sources = {"train": meta["source"]["train"], "calib": meta["source"]["train"]}
+    sources["test"] = meta["source"]["test"] or meta["source"]["train"]
+    schema = infer_schema(frames["train"], params)
+    report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}}
+    failures: list[str] = []
+    with tracking.stage_run("validate", params, ("data", "validate"), root):
+        for split, frame in frames.items():
+            where = f"{sources[split]} ({split} split)"
+            checks = _suite_checks(frame, split, schema, params, where)
+            split_failures, gx_result = _gx_validate(frame, split, checks)
+            if split == "train" and not split_failures:
+                split_failures += class_counts_check(frame, schema, params.audit.folds, where)
+            failures += split_failures
+            report["splits"][split] = {"success": not split_failures, "failures": split_failures, "gx": gx_result}
+        metrics = {
+            "success": not failures,
+            "rows": {s: len(f) for s, f in frames.items()},
+            "classes": len(schema.classes),
+            "numeric_columns": len(schema.numeric),
+            "categorical_columns": len(schema.categorical),
+            "failures": len(failures),
+        }
+        import mlflow
+
+        mlflow.log_dict(report, "validation.json")
+        tracking.log_metrics(metrics)
+        if failures:
+            more = f" ({len(failures) - 1} more problem(s) in the run's validation.json)" if len(failures) > 1 else ""
+            raise StageError(failures[0] + more + ".")
+        if not schema.features:
+            raise StageError(f"{sources['train']}: no feature columns besides the label '{schema.label}'.")
+        with Outputs(root) as out:
+            folder = out.dir(OUT)
+            for split, frame in frames.items():
+                typed(frame, schema).to_parquet(folder / f"{split}.parquet", index=False)
+            (folder / "schema.json").write_text(dumps(schema.save_dict()) + "\n")
+            out.write_json(REPORT, report)
+            out.write_json(METRICS, metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main("validate", run)

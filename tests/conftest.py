@@ -1,0 +1,108 @@
+"""Shared fixtures: a real DVC repo in a temp dir, a real MLflow SQLite store,
+Prefect's local ephemeral API (one per session). No mocks of any of them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# what a tamis checkout needs to run; everything else (venv, outputs, caches) stays behind
+REPO_FILES = ("stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", "prefect.yaml", ".gitignore")
+
+# Few epochs, few folds: the pipeline's wiring under test, not its accuracy.
+FAST = [
+    "audit.folds=3",
+    "audit.epochs=3",
+    "audit.hidden=[32]",
+    "train.epochs=4",
+    "train.hidden=[64, 32]",
+    "train.patience=2",
+    "distill.epochs=4",
+    "distill.hidden=[16]",
+    "distill.patience=2",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    """Prefect and MLflow state in temp dirs; no analytics; the venv's python first on PATH."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    os.environ["DO_NOT_TRACK"] = "1"
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """Prefect's local ephemeral API with a temp database, started once."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def make_repo(dest: Path) -> Path:
+    """A copy of this checkout's code and config in ``dest``, with ``git init`` + ``dvc init``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPO_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "ci@tamis.invalid")
+    run("git", "config", "user.name", "tamis ci")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "tamis checkout for a test")
+    return dest
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+def run_stage(repo: Path, stage: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m stages.<stage>`` in ``repo``, as DVC would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}"], cwd=repo, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def set_params(repo: Path, *overrides: str) -> None:
+    from stages.config import apply_overrides, read_raw
+
+    import yaml
+
+    raw = apply_overrides(read_raw(repo / "params.yaml"), list(overrides))
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def mixed_table(n: int = 600, classes: int = 3, seed: int = 0) -> pd.DataFrame:
+    """A small table with numeric and categorical columns and learnable classes."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    frame = pd.DataFrame(
+        {
+            "x1": rng.normal(size=n) + y,
+            "x2": rng.normal(size=n) - 0.5 * y,
+            "color": np.array(["red", "green", "blue", "cyan"])[(y + rng.integers(0, 2, n)) % 4],
+            "label": np.array([f"c{k}" for k in range(classes)])[y],
+        }
+    )
+    return frame

@@ -1,0 +1,76 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.contract import StageError
+from stages.data import ROW_ID, Encoder, Schema, load_source, split_frame
+
+
+def test_load_sklearn_dataset_names_label_column():
+    frame = load_source("sklearn:iris", "species")
+    assert "species" in frame and len(frame) == 150 and frame["species"].nunique() == 3
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("sklearn:mnist", "unknown scikit-learn dataset 'mnist'"),
+        ("/nope/train.csv", "file '/nope/train.csv' does not exist"),
+    ],
+)
+def test_load_source_errors(source, message):
+    with pytest.raises(StageError, match=message):
+        load_source(source, "label")
+
+
+def test_load_csv_parquet_and_bad_suffix(tmp_path):
+    frame = pd.DataFrame({"a": [1.0, 2.0], "label": ["x", "y"]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "t.xlsx").write_text("?")
+    pd.testing.assert_frame_equal(load_source(str(tmp_path / "t.csv"), "label"), frame)
+    pd.testing.assert_frame_equal(load_source(str(tmp_path / "t.parquet"), "label"), frame)
+    with pytest.raises(StageError, match=r"should be a \.csv or \.parquet"):
+        load_source(str(tmp_path / "t.xlsx"), "label")
+
+
+def test_split_is_stratified_disjoint_and_complete():
+    labels = np.repeat(["a", "b", "c"], [500, 300, 200])
+    frame = pd.DataFrame({ROW_ID: np.arange(1000), "label": labels})
+    rest, carved = split_frame(frame, "label", 0.2, seed=0)
+    assert len(carved) == 200 and len(rest) == 800
+    assert set(rest[ROW_ID]).isdisjoint(carved[ROW_ID])
+    assert carved["label"].value_counts().to_dict() == {"a": 100, "b": 60, "c": 40}
+
+
+def test_split_survives_a_class_of_one_row():
+    frame = pd.DataFrame({ROW_ID: np.arange(21), "label": ["a"] * 10 + ["b"] * 10 + ["lonely"]})
+    rest, carved = split_frame(frame, "label", 0.3, seed=0)
+    assert len(rest) + len(carved) == 21
+
+
+def _schema():
+    return Schema(label="label", numeric=["x"], categorical=["color"], classes=[0, 1, 2])
+
+
+def test_encoder_standardises_on_fit_rows_and_fills_nulls():
+    train = pd.DataFrame({"x": [1.0, 3.0, np.nan], "color": ["red", "blue", "red"], "label": [0, 1, 2]})
+    enc = Encoder.fit(train, _schema())
+    num, cat = enc.transform(train)
+    assert num.dtype == np.float32 and cat.dtype == np.int64
+    assert np.isclose(num[:, 0].mean(), 0.0, atol=1e-6)  # the null took the median, then standardised
+    assert enc.cardinalities == [3]  # blue, red + the unseen code
+
+
+def test_encoder_maps_unseen_category_to_zero_and_round_trips():
+    train = pd.DataFrame({"x": [1.0, 2.0], "color": ["red", "blue"], "label": [0, 1]})
+    enc = Encoder.from_dict(Encoder.fit(train, _schema()).to_dict())
+    _, cat = enc.transform(pd.DataFrame({"x": [0.0, 1.0], "color": ["purple", "red"]}))
+    assert cat[:, 0].tolist() == [0, 2]
+
+
+def test_labels_match_across_int_and_string_and_reject_unknown():
+    enc = Encoder(numeric=[], categorical=[], classes=[0, 1, 2])
+    assert enc.labels(pd.Series([2, "1", 0.0])).tolist() == [2, 1, 0]
+    with pytest.raises(StageError, match="label 7 is not one of the training classes"):
+        enc.labels(pd.Series([1, 7]))
