@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the whole pipeline once (unchanged stages are skipped)")
     serve_p = sub.add_parser("serve", help="run the pipeline on a schedule on this machine (flow.serve)")
+    init_p = sub.add_parser("init", help="start a new tamis project (git + DVC) in an empty folder")
+    init_p.add_argument("dest", help="the new project folder")
     for p in (run_p, serve_p):
         p.add_argument("--repo", default=".", help="the tamis checkout to run in (default: here)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -54,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule (default '{DEFAULT_CRON}', nightly)")
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.command == "init":
+        from flows import workspace
+
+        try:
+            dest = workspace.create(args.dest)
+        except (FileExistsError, RuntimeError) as err:
+            print(f"tamis: {err}", file=sys.stderr)
+            return BAD_INPUT_EXIT
+        print(f"tamis: new project in {dest}; edit params.yaml (data.train), then: cd {dest} && tamis run")
+        return 0
     repo = Path(args.repo).resolve()
     if not (repo / "dvc.yaml").exists():
         print(f"tamis: {repo} has no dvc.yaml; point --repo at a tamis checkout.", file=sys.stderr)

@@ -4,7 +4,6 @@ Prefect's local ephemeral API (one per session). No mocks of any of them."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flows import workspace
+
 ROOT = Path(__file__).resolve().parents[1]
-# what a tamis checkout needs to run; everything else (venv, outputs, caches) stays behind
-REPO_FILES = ("stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", "prefect.yaml", ".gitignore")
 
 # Few epochs, few folds: the pipeline's wiring under test, not its accuracy.
 FAST = [
@@ -53,28 +52,10 @@ def prefect_api():
         yield
 
 
-def make_repo(dest: Path) -> Path:
-    """A copy of this checkout's code and config in ``dest``, with ``git init`` + ``dvc init``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in REPO_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, dest / name)
-    run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True)  # noqa: E731
-    run("git", "init", "-q")
-    run("git", "config", "user.email", "ci@tamis.invalid")
-    run("git", "config", "user.name", "tamis ci")
-    run(sys.executable, "-m", "dvc", "init", "-q")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "tamis checkout for a test")
-    return dest
-
-
 @pytest.fixture
 def repo(tmp_path) -> Path:
-    return make_repo(tmp_path / "repo")
+    """A real tamis workspace (git + DVC) in a temp dir."""
+    return workspace.create(tmp_path / "repo")
 
 
 def run_stage(repo: Path, stage: str, timeout: int = 300) -> subprocess.CompletedProcess:
