@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return BAD_INPUT_EXIT
     overrides = _absolute_paths(args.overrides)
     from flows.retrain import StageFailed, retrain, write_params
+    from stages.config import apply_overrides, parse_params, read_raw
 
     try:
+        # a typo in --set is refused here, before a server starts or params.yaml is touched
+        parse_params(apply_overrides(read_raw(repo / "params.yaml"), overrides), "params.yaml with --set overrides")
         if args.command == "serve":
             write_params(repo, overrides)  # check (and record) the overrides before serving
             retrain.serve(name="tamis-local", cron=args.cron, parameters={"repo": str(repo)})

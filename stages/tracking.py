@@ -122,13 +122,17 @@ def log_dataset(frame: Any, name: str, source: str, context: str) -> str:
     ``source`` is a file path (recorded as the dataset's source) or ``sklearn:<name>``
     (kept as a tag: MLflow resolves sources by URI and knows no such scheme).
     """
+    import warnings
+
     import mlflow
 
-    if source.startswith("sklearn:"):
-        dataset = mlflow.data.from_pandas(frame, name=name)
-        mlflow.set_tag(f"tamis.source.{name}", source)
-    else:
-        dataset = mlflow.data.from_pandas(frame, source=str(Path(source).resolve()), name=name)
+    with warnings.catch_warnings():  # MLflow's schema hints about integer columns are not for our users
+        warnings.simplefilter("ignore")
+        if source.startswith("sklearn:"):
+            dataset = mlflow.data.from_pandas(frame, name=name)
+            mlflow.set_tag(f"tamis.source.{name}", source)
+        else:
+            dataset = mlflow.data.from_pandas(frame, source=str(Path(source).resolve()), name=name)
     mlflow.log_input(dataset, context=context)
     return dataset.digest
 

@@ -28,7 +28,7 @@ RAW = Path("data/raw")
 OUT = Path("data/validated")
 REPORT = Path("reports/validation.json")
 METRICS = Path("metrics/validate.json")
-NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 
 
 def infer_schema(train: pd.DataFrame, params: Params) -> Schema:
@@ -133,8 +133,11 @@ def _suite_checks(frame: pd.DataFrame, split: str, schema: Schema, params: Param
     return checks
 
 
-def _gx_validate(frame: pd.DataFrame, split: str, checks: list[Check]) -> tuple[list[str], dict[str, Any]]:
-    """Run the checks as one great-expectations suite; (failure sentences, GX result)."""
+def _gx_validate(batches: dict[str, tuple[pd.DataFrame, list[Check]]]) -> dict[str, tuple[list[str], dict]]:
+    """Run each split's checks as a great-expectations suite in one ephemeral context.
+
+    Returns, per split, (failure sentences, GX result as JSON).
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     import great_expectations as gx
@@ -142,24 +145,23 @@ def _gx_validate(frame: pd.DataFrame, split: str, checks: list[Check]) -> tuple[
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_def = ctx.data_sources.add_pandas("tamis").add_dataframe_asset(split).add_batch_definition_whole_dataframe(
-        "all"
-    )
-    suite = gx.ExpectationSuite(name=f"tamis-{split}")
-    for check in checks:
-        suite.add_expectation(check.expectation)
-    suite = ctx.suites.add(suite)
-    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="SUMMARY")
-    failures = []
-    by_id = {r.expectation_config.id: r for r in result.results}
-    for check in checks:
-        res = by_id.get(check.expectation.id)
-        if res is None or res.success:
-            continue
-        examples = res.result.get("partial_unexpected_list") or []
-        shown = f" (e.g. {examples[0]!r})" if examples else ""
-        failures.append(check.message + shown)
-    return failures, result.to_json_dict()
+    source = ctx.data_sources.add_pandas("tamis")
+    out = {}
+    for split, (frame, checks) in batches.items():
+        batch_def = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe("all")
+        # built in one go: add_expectation compares each new one with all before it (quadratic)
+        suite = ctx.suites.add(gx.ExpectationSuite(name=f"tamis-{split}", expectations=[c.expectation for c in checks]))
+        result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="SUMMARY")
+        by_id = {r.expectation_config.id: r for r in result.results}
+        failures = []
+        for check in checks:
+            res = by_id.get(check.expectation.id)
+            if res is None or res.success:
+                continue
+            examples = res.result.get("partial_unexpected_list") or []
+            failures.append(check.message + (f" (e.g. {examples[0]!r})" if examples else ""))
+        out[split] = (failures, result.to_json_dict())
+    return out
 
 
 def class_counts_check(train: pd.DataFrame, schema: Schema, folds: int, where: str) -> list[str]:
@@ -198,12 +200,12 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}}
     failures: list[str] = []
     with tracking.stage_run("validate", params, ("data", "validate"), root):
-        for split, frame in frames.items():
-            where = f"{sources[split]} ({split} split)"
-            checks = _suite_checks(frame, split, schema, params, where)
-            split_failures, gx_result = _gx_validate(frame, split, checks)
+        where = {split: f"{sources[split]} ({split} split)" for split in frames}
+        batches = {s: (f, _suite_checks(f, s, schema, params, where[s])) for s, f in frames.items()}
+        for split, (split_failures, gx_result) in _gx_validate(batches).items():
+            frame = frames[split]
             if split == "train" and not split_failures:
-                split_failures += class_counts_check(frame, schema, params.audit.folds, where)
+                split_failures += class_counts_check(frame, schema, params.audit.folds, where[split])
             failures += split_failures
             report["splits"][split] = {"success": not split_failures, "failures": split_failures, "gx": gx_result}
         metrics = {

@@ -1,0 +1,127 @@
+"""Bad input stops a stage with one sentence and exit code 2, and loses nothing.
+
+A workspace first ingests and validates a good table; each case then points it
+at a broken one and runs the stages as DVC would. The accepted data and its
+report must be byte-for-byte what they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import mixed_table, run_stage, set_params
+from flows import workspace
+
+KEPT = ("data/validated", "reports/validation.json", "metrics/validate.json")
+
+
+def snapshot(repo: Path) -> dict[str, str]:
+    out = {}
+    for rel in KEPT:
+        path = repo / rel
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            out[str(f.relative_to(repo))] = hashlib.md5(f.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def good_workspace(tmp_path_factory) -> Path:
+    """A workspace whose ingest and validate ran on a good table."""
+    base = tmp_path_factory.mktemp("bad-input")
+    repo = workspace.create(base / "good")
+    mixed_table(300).to_csv(base / "good.csv", index=False)
+    set_params(repo, f"data.train={base / 'good.csv'}", "data.inject_noise=null")
+    for stage in ("ingest", "validate"):
+        proc = run_stage(repo, stage)
+        assert proc.returncode == 0, proc.stderr
+    return repo
+
+
+def broken(frame: pd.DataFrame, case: str) -> pd.DataFrame:
+    frame = frame.copy()
+    if case == "label_nulls":
+        frame.loc[[3, 50], "label"] = None
+    elif case == "one_class":
+        frame["label"] = "c0"
+    elif case == "tiny_class":
+        frame.loc[frame.index[:3], "label"] = "rare"  # 3 rows in all, fewer than audit.folds=5
+    elif case == "non_numeric":
+        frame["x1"] = frame["x1"].astype(object)
+        frame.loc[7, "x1"] = "abc"
+    elif case == "no_label":
+        frame = frame.drop(columns=["label"])
+    elif case == "infinite":
+        frame.loc[5, "x2"] = np.inf
+    return frame
+
+
+CASES = [
+    # (case, stage that must refuse, what the sentence must say)
+    ("missing_file", "ingest", r"^tamis ingest: data\.train: file '.*/missing\.csv' does not exist\.$"),
+    ("no_label", "ingest", r"^tamis ingest: data\.label: column 'label' is not in .*bad\.csv \(its columns: x1, x2, color\)\.$"),
+    ("label_nulls", "validate", r"^tamis validate: .*bad\.csv \(train split\): label column 'label' has nulls"),
+    ("one_class", "validate", r"^tamis validate: .*bad\.csv \(train split\): label column 'label' holds only one class"),
+    ("tiny_class", "validate", r"^tamis validate: .*bad\.csv \(train split\): class 'rare' has \d training row\(s\), fewer than audit\.folds=5"),
+    ("non_numeric", "validate", r"^tamis validate: .*bad\.csv \((train|calib|test) split\): column 'x1' should be numeric but holds non-numeric values \(e\.g\. 'abc'\)"),
+    ("infinite", "validate", r"^tamis validate: .*bad\.csv \((train|calib|test) split\): numeric column 'x2' holds infinite values"),
+    ("unknown_key", "ingest", r"^tamis ingest: params\.yaml: unknown key 'train\.epohcs'; check its spelling"),
+]
+
+
+def stage_cli(repo: Path, stage: str, monkeypatch, capsys) -> tuple[int, str]:
+    """``python -m stages.<stage>``'s entry point, run in this process (imports are paid once)."""
+    import importlib
+
+    monkeypatch.chdir(repo)
+    capsys.readouterr()
+    from stages.contract import stage_main
+
+    try:
+        stage_main(stage, importlib.import_module(f"stages.{stage}").run)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, stage, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_sentence_and_loses_nothing(good_workspace, tmp_path, monkeypatch, capsys, case, stage, message):
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    before = snapshot(repo)
+    bad = tmp_path / "bad.csv"
+    broken(mixed_table(300), case).to_csv(bad, index=False)
+    if case == "missing_file":
+        set_params(repo, f"data.train={tmp_path / 'missing.csv'}")
+    elif case == "unknown_key":
+        set_params(repo, "train.epohcs=3")
+    else:
+        set_params(repo, f"data.train={bad}")
+    for step in ("ingest", "validate"):
+        code, err = stage_cli(repo, step, monkeypatch, capsys)
+        if step == stage:
+            break
+        assert code == 0, err
+    said = [ln for ln in err.splitlines() if ln.startswith("tamis ")]
+    assert code == 2 and len(said) == 1 and re.search(message, said[0]), err
+    assert snapshot(repo) == before
+
+
+def test_a_stage_process_exits_2_with_one_line_and_no_traceback(good_workspace, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    before = snapshot(repo)
+    set_params(repo, f"data.train={tmp_path / 'missing.csv'}")
+    proc = run_stage(repo, "ingest")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"tamis ingest: data.train: file '{tmp_path / 'missing.csv'}' does not exist."
+    assert "Traceback" not in proc.stderr
+    assert snapshot(repo) == before
