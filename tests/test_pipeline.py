@@ -163,3 +163,34 @@ def test_cli_refuses_an_unknown_key_before_running(tmp_path):
     assert proc.returncode == 2
     assert "unknown key 'train.epohcs'" in proc.stderr.strip().splitlines()[-1]
     assert "epohcs" not in (repo / "params.yaml").read_text()
+
+
+def test_champion_moves_only_for_a_model_at_least_as_good(flow_runs, mlflow_client):
+    """Runs last in this module: it replaces the workspace's student twice."""
+    import torch
+
+    from stages import compress, distill, promote
+    from stages.config import apply_overrides, parse_params, read_raw
+    from stages.nets import load_model, save_model
+
+    repo = flow_runs[0]
+    params = parse_params(read_raw(repo / "params.yaml"))
+    champion = int(mlflow_client.get_model_version_by_alias("tamis", "champion").version)
+
+    student, encoder, _ = load_model(repo / "models/student.pt")
+    torch.manual_seed(1)
+    for p in student.parameters():
+        p.data = torch.randn_like(p) * 0.01  # an untrained student: near chance
+    save_model(repo / "models/student.pt", student, encoder, temperature=1.0)
+    compress.run(params, repo)
+    worse = promote.run(params, repo)
+    assert worse["registered"] and worse["challenger_macro_f1"] < worse["champion_macro_f1"]
+    assert not worse["champion_moved"] and worse["champion_version"] == champion
+    assert int(mlflow_client.get_model_version_by_alias("tamis", "challenger").version) == worse["version"]
+
+    better_params = parse_params(apply_overrides(read_raw(repo / "params.yaml"), ["distill.epochs=25"]))
+    distill.run(better_params, repo)
+    compress.run(better_params, repo)
+    better = promote.run(better_params, repo)
+    assert better["challenger_macro_f1"] > better["champion_macro_f1"]
+    assert better["champion_moved"] and better["champion_version"] == better["version"] > worse["version"]
