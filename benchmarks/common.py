@@ -179,6 +179,14 @@ def peak_rss_mb(children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    """benchmarks/results/<name>.json (git-ignored), read back by benchmarks.run for BENCHMARKS.md."""
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return out
+
+
 def machine() -> dict[str, Any]:
     import torch
 

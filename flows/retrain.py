@@ -156,7 +156,9 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
             result = run_stage(stage, str(root), parent, experiment_id, needs)
             results.append(result)
             upstream_ran = upstream_ran or result["executed"]
+        promote_start = time.perf_counter()
         promoted = promote(str(root), parent)
+        promote_seconds = time.perf_counter() - promote_start
     except Exception:
         client.set_terminated(parent, "FAILED")
         raise
@@ -164,6 +166,9 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
     for key in ("accuracy", "macro_f1", "ece"):
         client.log_metric(parent, key, evaluation[key])
     client.log_metric(parent, "wall_seconds", time.perf_counter() - start)
+    client.log_metric(parent, "seconds.promote", promote_seconds)
+    for r in results:
+        client.log_metric(parent, f"seconds.{r['stage']}", r["seconds"])
     for report in ("reports/model_card.md", "dvc.lock"):
         if (root / report).exists():
             client.log_artifact(parent, str(root / report))

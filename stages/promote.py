@@ -4,7 +4,8 @@ The model is logged as an MLflow pyfunc (``stages/serving.py``, models-from-code
 that takes a DataFrame of raw columns. Every new version gets alias
 ``challenger``; ``champion`` moves to it only when there is no champion yet or
 the new version's macro-F1 on the current test split is at least the
-champion's, both scored now, through pyfunc, on the same rows. The same model
+champion's, both scored now, through pyfunc, on the same rows (only when
+there is a comparison to make). The same model
 (same bytes) is registered once: a re-run with nothing changed adds no version.
 Model stages are deprecated in MLflow; only aliases are used.
 """
@@ -97,24 +98,21 @@ def run(params: Params, root: str | Path = ".", parent_run_id: str | None = None
     name = params.promote.model_name
     test = read_split(root / VALIDATED, "test")
     version, new = register(params, root, client, test, parent_run_id)
-    client.set_registered_model_alias(name, "challenger", version.version)
-    challenger_f1 = score(f"models:/{name}/{version.version}", test, params.data.label)
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         champion = None
-    result: dict[str, Any] = {
-        "model_name": name,
-        "version": int(version.version),
-        "registered": new,
-        "challenger_macro_f1": challenger_f1,
-    }
+    result: dict[str, Any] = {"model_name": name, "version": int(version.version), "registered": new}
+    if new or (champion is not None and champion.version != version.version):
+        # a new version must load and predict through pyfunc before any alias points at it
+        result["challenger_macro_f1"] = score(f"models:/{name}/{version.version}", test, params.data.label)
+    client.set_registered_model_alias(name, "challenger", version.version)
     if champion is None:
         moved, reason = True, "no champion yet"
     elif champion.version == version.version:
         moved, reason = False, "this version is already the champion"
-        result["champion_macro_f1"] = challenger_f1
     else:
+        challenger_f1 = result["challenger_macro_f1"]
         try:
             champion_f1 = score(f"models:/{name}@champion", test, params.data.label)
         except Exception as err:  # a champion that cannot read today's columns cannot be compared

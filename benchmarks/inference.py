@@ -1,0 +1,128 @@
+"""Inference cost: the shipped int8 ONNX model vs the torch teacher vs a tree model.
+
+All three score the same test rows in this process on one thread each (the
+fair setting for a serving replica): median latency at batch 1 and batch 256,
+rows per second, size on disk. Encoding raw columns is left out for all three.
+
+    python -m benchmarks.inference [--repo PATH] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import machine, median_seconds, write_result
+from flows import workspace
+
+
+def ensure_pipeline(repo: Path | None, tmp: Path) -> Path:
+    if repo is not None:
+        return repo
+    repo = workspace.create(tmp / "repo")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, check=True, capture_output=True, env=env)
+    return repo
+
+
+def measure(repo: Path, repeats: int) -> dict[str, Any]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    from stages.contract import read_json
+    from stages.data import read_split
+    from stages.nets import load_model
+    from stages.serving import Predictor
+
+    torch.set_num_threads(1)
+    serving = read_json(repo / "models/serving.json")
+    shipped = Predictor.load(repo / "models", threads=1)
+    teacher, encoder, _ = load_model(repo / "models/teacher.pt")
+    train = read_split(repo / "data/validated", "train")
+    test = read_split(repo / "data/validated", "test")
+    label = serving["label"]
+    num, cat = encoder.transform(test)
+    x_train = np.hstack(encoder.transform(train)).astype(np.float32)
+    x_test = np.hstack([num, cat]).astype(np.float32)
+    with threadpool_limits(1):
+        tree = HistGradientBoostingClassifier(random_state=0).fit(x_train, encoder.labels(train[label]))
+    tree_path = repo / "models" / "bench-hgb.pkl"
+    tree_path.write_bytes(pickle.dumps(tree))
+
+    def rows(batch: int) -> slice:
+        return slice(0, min(batch, len(test)))
+
+    models = {
+        "shipped (int8 ONNX)": (
+            lambda s: shipped.proba_encoded(num[s], cat[s]),
+            (repo / "models" / serving["model"]).stat().st_size,
+        ),
+        "teacher (torch)": (
+            lambda s: torch_predict(teacher, num[s], cat[s]),
+            (repo / "models/teacher.pt").stat().st_size,
+        ),
+        "HistGradientBoosting": (lambda s: tree.predict_proba(x_test[s]), tree_path.stat().st_size),
+    }
+    out: dict[str, Any] = {}
+    with threadpool_limits(1):
+        for name, (fn, size) in models.items():
+            b1 = median_seconds(lambda: fn(rows(1)), repeats=repeats * 20, warmup=5)
+            b256 = median_seconds(lambda: fn(rows(256)), repeats=repeats * 4, warmup=2)
+            n256 = rows(256).stop
+            out[name] = {
+                "batch1_ms": b1 * 1000,
+                "batch256_ms": b256 * 1000,
+                "rows_per_s_batch256": n256 / b256,
+                "size_bytes": size,
+            }
+    base = out["teacher (torch)"]
+    for row in out.values():
+        row["speedup_batch1_vs_teacher"] = base["batch1_ms"] / row["batch1_ms"]
+        row["smaller_than_teacher"] = base["size_bytes"] / row["size_bytes"]
+    tree_path.unlink()
+    return out
+
+
+@torch.no_grad()
+def torch_predict(model, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
+    return model(torch.as_tensor(num), torch.as_tensor(cat)).softmax(1).numpy()
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| model | batch 1 (ms, median) | batch 256 (ms, median) | rows/s at 256 | size (bytes) | vs teacher: faster at 1 / smaller |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in result["models"].items():
+        lines.append(
+            f"| {name} | {r['batch1_ms']:.3f} | {r['batch256_ms']:.3f} | {r['rows_per_s_batch256']:,.0f} | "
+            f"{r['size_bytes']:,} | {r['speedup_batch1_vs_teacher']:.1f}x / {r['smaller_than_teacher']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repo", type=Path, help="a workspace where the pipeline already ran")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tamis-inference-") as tmp:
+        repo = ensure_pipeline(args.repo, Path(tmp))
+        models = measure(repo, repeats=3 if args.quick else 25)
+    result = {"models": models, "dataset": "sklearn:digits (default params)", "threads": 1, "machine": machine()}
+    write_result("inference", result)
+    print(table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

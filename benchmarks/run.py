@@ -1,0 +1,73 @@
+"""``make bench``: run every benchmark and write BENCHMARKS.md from the results.
+
+Each benchmark module has ``main(argv) -> result`` (which also writes
+``benchmarks/results/<name>.json``) and ``table(result) -> markdown``.
+``--only`` re-runs some and re-renders the page from the stored results of the rest.
+
+    python -m benchmarks.run [--quick] [--only quality machinery ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.common import ROOT, machine
+
+# (module, section title) in page order
+SECTIONS = [
+    ("quality", "Quality: tamis against the usual alternatives"),
+    ("machinery", "Machinery cost: stages, orchestration, re-runs"),
+    ("scale", "Scale: time and memory per stage"),
+    ("inference", "Inference: the shipped model against the teacher and a tree model"),
+]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def render(quick: bool) -> str:
+    info = machine()
+    parts = [
+        "# Benchmarks",
+        "",
+        f"Produced by `make bench` (`python -m benchmarks.run{' --quick' if quick else ''}`) on "
+        f"{dt.date.today().isoformat()}: {info['cpus']} CPU cores, no GPU (CUDA available: {info['cuda']}), "
+        f"Python {info['python']}, torch {info['torch']}, {info['platform']}. Every comparison in a table was "
+        "measured in the same run on the same machine; the machine is shared, so timings carry noise "
+        "(medians are quoted).",
+        "",
+    ]
+    for name, title in SECTIONS:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        module = importlib.import_module(f"benchmarks.{name}")
+        result = json.loads(path.read_text())
+        doc = (module.__doc__ or "").strip().split("\n\n")
+        parts += [f"## {title}", "", " ".join(doc[0].split()), ""]
+        if len(doc) > 2:
+            parts += [" ".join(doc[1].split()), ""]
+        parts += [f"Command: `python -m benchmarks.{name}{' --quick' if result.get('quick') else ''}`", ""]
+        parts += [module.table(result), ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller, faster versions of every benchmark")
+    parser.add_argument("--only", nargs="+", choices=[n for n, _ in SECTIONS], help="run only these")
+    args = parser.parse_args(argv)
+    for name, title in SECTIONS:
+        if args.only and name not in args.only:
+            continue
+        print(f"== {title}", flush=True)
+        importlib.import_module(f"benchmarks.{name}").main(["--quick"] if args.quick else [])
+    (ROOT / "BENCHMARKS.md").write_text(render(args.quick))
+    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
