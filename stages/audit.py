@@ -18,7 +18,8 @@ of an MLP fit on the train rows, reduced by PCA), cleanlab finds:
   graph (faiss; HNSW above ``EXACT_KNN_ROWS`` rows, so its cost grows about
   linearly), and rows with nulls on the raw columns;
 - leakage: rows whose feature values are also in another split, exactly or as
-  a near duplicate;
+  a near copy (a near duplicate whose raw values agree within
+  ``audit.near_copy_tolerance`` standard deviations);
 - EL2N: the L2 norm of (softmax - one-hot given label) after
   ``audit.el2n_epoch`` epochs, averaged over the folds whose models fit the
   row (all folds for calib and test rows).
@@ -124,8 +125,8 @@ def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
     return model.predict_proba(X), early
 
 
-def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str, np.ndarray]:
-    """Probabilities (``probs``), ``el2n`` and penultimate-layer ``embedding`` of every row; no row's own model."""
+def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: bool) -> dict[str, Any]:
+    """Probabilities (``probs``), ``el2n`` and (``embed``) penultimate-layer ``embedding`` of every row."""
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
@@ -150,7 +151,8 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[st
         if "hgb" in kinds:
             jobs.append(delayed(_fit_hgb)(X, y, fit_idx, categorical, a, params.seed + k))
             keys.append(("hgb", k))
-    jobs.append(delayed(_fit_mlp)(num, cat, encoder.cardinalities, y, train_idx, n_classes, a, params.seed, str(device), embed=True))
+    if embed:
+        jobs.append(delayed(_fit_mlp)(num, cat, encoder.cardinalities, y, train_idx, n_classes, a, params.seed, str(device), embed=True))
     n_jobs = 1 if device.type == "cuda" else min(len(jobs), a.n_jobs if a.n_jobs > 0 else os.cpu_count() or 1)
     results = Parallel(n_jobs=n_jobs, verbose=5 if sys.stderr.isatty() else 0)(jobs)
 
@@ -158,7 +160,7 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[st
     probs = np.zeros((n, n_classes))
     el2n_sum, el2n_count = np.zeros(n), np.zeros(n)
     onehot = np.eye(n_classes)[y]
-    for (kind, k), (fold_probs, early) in zip(keys, results[:-1]):
+    for (kind, k), (fold_probs, early) in zip(keys, results):
         held, fitted = train_idx[folds[k][1]], np.zeros(n, dtype=bool)
         fitted[train_idx[folds[k][0]]] = True
         probs[held] += fold_probs[held] / len(kinds)
@@ -166,7 +168,7 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[st
         counts = fitted | ~is_train  # train rows: the folds that fit them; others: every fold
         el2n_sum[counts] += np.linalg.norm(early - onehot, axis=1)[counts]
         el2n_count[counts] += 1
-    return {"probs": probs, "y": y, "el2n": el2n_sum / el2n_count, "embedding": results[-1]}
+    return {"probs": probs, "y": y, "el2n": el2n_sum / el2n_count, "embedding": results[-1] if embed else None}
 
 
 # ---- the checks ----
@@ -260,12 +262,25 @@ def raw_matrix(rows: pd.DataFrame, schema: Schema) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def leakage(rows: pd.DataFrame, schema: Schema, near_sets: list[np.ndarray], near_score: np.ndarray):
-    """(flag, score) of rows whose features reappear in another split; score 0 for an exact copy."""
+def leakage(rows: pd.DataFrame, schema: Schema, near_sets: list[np.ndarray], near_score: np.ndarray, tol: float):
+    """(flag, score, counts) of rows whose features reappear in another split; score 0 for an exact copy.
+
+    A near copy is a near duplicate (embeddings) in another split whose categories are the same and
+    whose numbers are within ``tol`` standard deviations: the embedding proposes, the raw values confirm.
+    """
     split = rows["split"].to_numpy()
     digest = pd.util.hash_pandas_object(rows[schema.features], index=False)
     exact = (pd.DataFrame({"h": digest.to_numpy(), "s": split}).groupby("h")["s"].transform("nunique") > 1).to_numpy()
-    near = np.array([len(s) > 0 and bool((split[s] != split[i]).any()) for i, s in enumerate(near_sets)])
+    pairs = np.array([(i, j) for i, s in enumerate(near_sets) for j in s if split[j] != split[i]], dtype=np.int64)
+    near = np.zeros(len(rows), dtype=bool)
+    if len(pairs):
+        num = rows[schema.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+        num = np.nan_to_num(num / np.where(np.nanstd(num, axis=0) > 0, np.nanstd(num, axis=0), 1.0), nan=np.inf)
+        cat = rows[schema.categorical].astype(str).to_numpy()
+        a, b = pairs[:, 0], pairs[:, 1]
+        same_num = (np.abs(num[a] - num[b]) <= tol) | (num[a] == num[b])
+        close = same_num.all(axis=1) & (cat[a] == cat[b]).all(axis=1)
+        near[a[close]] = True
     score = np.where(exact, 0.0, np.where(near, near_score, 1.0))
     return exact | near, score, {"exact": int(exact.sum()), "near": int((near & ~exact).sum())}
 
@@ -273,7 +288,8 @@ def leakage(rows: pd.DataFrame, schema: Schema, near_sets: list[np.ndarray], nea
 def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The issues table (one row per input row) and the numbers behind it."""
     a = params.audit
-    oos = out_of_sample(rows, schema, params)
+    knn_types = [t for t in KNN_TYPES if t in a.issue_types]
+    oos = out_of_sample(rows, schema, params, embed=bool(knn_types))
     probs, y = oos["probs"], oos["y"]
     split = rows["split"].to_numpy()
     classes = np.array(schema.classes, dtype=object)
@@ -294,7 +310,6 @@ def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.D
         issues.loc[mask, "is_label_issue"] = flags
         issues.loc[mask, "label_quality"] = quality
     extra: dict[str, Any] = {}
-    knn_types = [t for t in KNN_TYPES if t in a.issue_types]
     if knn_types:
         embedding = reduce_embedding(oos["embedding"], split == "train", a.embedding_dim)
         graph = knn_graph(embedding, a.knn_k)
@@ -308,7 +323,9 @@ def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.D
             extra["non_iid_p_value"] = float(lab.get_info("non_iid")["p-value"])
         if "leakage" in a.issue_types:
             near_sets = lab.get_info("near_duplicate")["near_duplicate_sets"]
-            flag, score, extra["leakage"] = leakage(rows, schema, near_sets, issues["near_duplicate_score"].to_numpy())
+            flag, score, extra["leakage"] = leakage(
+                rows, schema, near_sets, issues["near_duplicate_score"].to_numpy(), a.near_copy_tolerance
+            )
             issues["is_leakage_issue"], issues["leakage_score"] = flag, score
     if "null" in a.issue_types:
         found, _ = _datalab(y, {"null": {}}, features=raw_matrix(rows, schema))

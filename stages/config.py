@@ -108,6 +108,8 @@ class AuditParams(FitParams):
     embedding_dim: int = Field(16, ge=1)
     """The penultimate layer is reduced (PCA) to this many dimensions for the k-NN checks."""
     knn_k: int = Field(10, ge=1)
+    near_copy_tolerance: float = Field(0.05, ge=0.0)
+    """Leakage: a near duplicate in another split counts when every number is within this many std."""
     issue_types: list[str] = Field(default_factory=lambda: list(AUDIT_ISSUE_TYPES), min_length=1)
 
     @field_validator("issue_types", mode="before")

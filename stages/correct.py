@@ -107,6 +107,8 @@ def within_budget(drop: np.ndarray, severity: np.ndarray, labels: np.ndarray, ma
 def check_classes(actions: pd.DataFrame, schema: Schema) -> None:
     """Correction may not empty a class nor leave a single label."""
     left = actions.loc[actions["action"] != "drop", "new_label"].astype(str)
+    if left.nunique() < 2:
+        raise StageError("correct: after correction all training labels are identical; nothing left to learn.")
     counts = left.value_counts()
     for cls in schema.classes:
         if counts.get(str(cls), 0) == 0:
@@ -115,8 +117,6 @@ def check_classes(actions: pd.DataFrame, schema: Schema) -> None:
                 f"correct: class {cls!r} would be left with no training rows ({had.get('drop', 0)} dropped, "
                 f"{had.get('relabel', 0)} relabelled away); lower correct.max_drop_fraction or keep its issues."
             )
-    if left.nunique() < 2:
-        raise StageError("correct: after correction all training labels are identical; nothing left to learn.")
 
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
