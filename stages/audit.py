@@ -116,9 +116,7 @@ def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    model = HistGradientBoostingClassifier(
-        max_iter=a.hgb_max_iter, categorical_features=categorical, random_state=seed
-    )
+    model = HistGradientBoostingClassifier(max_iter=a.hgb_max_iter, categorical_features=categorical, random_state=seed)
     model.fit(X[fit_idx], y[fit_idx])
     stage = max(1, math.ceil(model.n_iter_ * min(a.el2n_epoch, a.epochs) / a.epochs))
     early = next(islice(model.staged_predict_proba(X), stage - 1, None))
@@ -142,17 +140,19 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: boo
     categorical = [False] * num.shape[1] + [k <= HGB_MAX_CATEGORIES for k in encoder.cardinalities]
     folds = list(StratifiedKFold(a.folds, shuffle=True, random_state=params.seed).split(train_idx, y[train_idx]))
     kinds = ["mlp", "hgb"] if a.models == "both" else [a.models]
+    def mlp(fit_idx, seed, embed=False):
+        return delayed(_fit_mlp)(num, cat, encoder.cardinalities, y, fit_idx, n_classes, a, seed, str(device), embed)
+
     jobs, keys = [], []
     for k, (fit_pos, _) in enumerate(folds):
-        fit_idx = train_idx[fit_pos]
         if "mlp" in kinds:
-            jobs.append(delayed(_fit_mlp)(num, cat, encoder.cardinalities, y, fit_idx, n_classes, a, params.seed + k, str(device)))
+            jobs.append(mlp(train_idx[fit_pos], params.seed + k))
             keys.append(("mlp", k))
         if "hgb" in kinds:
-            jobs.append(delayed(_fit_hgb)(X, y, fit_idx, categorical, a, params.seed + k))
+            jobs.append(delayed(_fit_hgb)(X, y, train_idx[fit_pos], categorical, a, params.seed + k))
             keys.append(("hgb", k))
-    if embed:
-        jobs.append(delayed(_fit_mlp)(num, cat, encoder.cardinalities, y, train_idx, n_classes, a, params.seed, str(device), embed=True))
+    if embed:  # one more MLP, on every train row: one embedding space for all rows
+        jobs.append(mlp(train_idx, params.seed, embed=True))
     n_jobs = 1 if device.type == "cuda" else min(len(jobs), a.n_jobs if a.n_jobs > 0 else os.cpu_count() or 1)
     results = Parallel(n_jobs=n_jobs, verbose=5 if sys.stderr.isatty() else 0)(jobs)
 
@@ -160,7 +160,7 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: boo
     probs = np.zeros((n, n_classes))
     el2n_sum, el2n_count = np.zeros(n), np.zeros(n)
     onehot = np.eye(n_classes)[y]
-    for (kind, k), (fold_probs, early) in zip(keys, results):
+    for (_, k), (fold_probs, early) in zip(keys, results):
         held, fitted = train_idx[folds[k][1]], np.zeros(n, dtype=bool)
         fitted[train_idx[folds[k][0]]] = True
         probs[held] += fold_probs[held] / len(kinds)
@@ -314,8 +314,10 @@ def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.D
         embedding = reduce_embedding(oos["embedding"], split == "train", a.embedding_dim)
         graph = knn_graph(embedding, a.knn_k)
         # DBSCAN's default eps (0.5) suits cosine distances; these are Euclidean, so scale it to the data
-        args = {t: {} for t in knn_types} | {"underperforming_group": {"clustering_kwargs": {"eps": np.median(graph.data)}}}
-        found, lab = _datalab(y, {t: args[t] for t in knn_types}, features=embedding, pred_probs=probs, knn_graph=graph)
+        args = {t: {} for t in knn_types}
+        if "underperforming_group" in args:
+            args["underperforming_group"] = {"clustering_kwargs": {"eps": float(np.median(graph.data))}}
+        found, lab = _datalab(y, args, features=embedding, pred_probs=probs, knn_graph=graph)
         for t in knn_types:
             issues[f"is_{t}_issue"] = found[f"is_{t}_issue"].to_numpy()
             issues[f"{t}_score"] = found[f"{t}_score"].to_numpy()
@@ -409,12 +411,18 @@ def render_report(issues: pd.DataFrame, metrics: dict[str, Any], schema: Schema,
     ]
     png = noise_heatmap(noise["noise_matrix"], schema.classes)
     leak = metrics.get("leakage")
-    leak_txt = f"<p>Leakage: {leak['exact']} rows with an exact copy in another split, {leak['near']} more with a near copy.</p>" if leak else ""
+    leak_txt = (
+        f"<p>Leakage: {leak['exact']} rows with an exact copy in another split, "
+        f"{leak['near']} more with a near copy.</p>"
+        if leak
+        else ""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tamis audit</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>
 <h1>Audit</h1>
-<p>{metrics['label_issues']} of {metrics['rows']} training rows ({metrics['label_issue_fraction']:.1%}) look mislabelled;
+<p>{metrics['label_issues']} of {metrics['rows']} training rows ({metrics['label_issue_fraction']:.1%})
+look mislabelled;
 estimated noise rate {noise['estimated_noise_rate']:.1%}; out-of-sample accuracy against the given labels
 {metrics['out_of_sample_accuracy']:.3f} ({metrics['models']} models).</p>
 {leak_txt}

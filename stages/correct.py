@@ -135,7 +135,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     check_classes(actions, schema)
     kept = train[(actions["action"] != "drop").to_numpy()].copy()
     kept_actions = actions[actions["action"] != "drop"]
-    kept[schema.label] = pd.Series(kept_actions["new_label"].to_numpy(), index=kept.index).astype(train[schema.label].dtype)
+    new_labels = pd.Series(kept_actions["new_label"].to_numpy(), index=kept.index)
+    kept[schema.label] = new_labels.astype(train[schema.label].dtype)
     kept["weight"] = kept_actions["weight"].to_numpy()
     changed = actions["action"] != "keep"
     changes = pd.DataFrame(

@@ -46,11 +46,14 @@ def audit_scores(issues: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float] 
     return {"precision": precision, "recall": recall, "f1": f1, "flipped": int(flipped.sum()), "flagged": int(flagged.sum())}
 
 
-def trusted_test(probs: np.ndarray, y: np.ndarray, test: pd.DataFrame, issues: pd.DataFrame, bins: int) -> dict[str, Any] | None:
+def trusted_test(
+    probs: np.ndarray, y: np.ndarray, test: pd.DataFrame, issues: pd.DataFrame, bins: int
+) -> dict[str, Any] | None:
     """The shipped model on all test rows and on those the audit does not flag as mislabelled."""
     if "split" not in issues.columns:
         return None
-    flags = test[[ROW_ID]].merge(issues.loc[issues["split"] == "test", [ROW_ID, "is_label_issue"]], on=ROW_ID, how="left")
+    test_issues = issues.loc[issues["split"] == "test", [ROW_ID, "is_label_issue"]]
+    flags = test[[ROW_ID]].merge(test_issues, on=ROW_ID, how="left")
     trusted = ~flags["is_label_issue"].fillna(False).to_numpy(bool)
     pick = lambda m: {k: m[k] for k in ("accuracy", "macro_f1", "ece")}  # noqa: E731
     return {

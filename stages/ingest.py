@@ -44,7 +44,9 @@ def encode_for_sklearn(features: pd.DataFrame) -> np.ndarray:
     return out.to_numpy(dtype=np.float64)
 
 
-def confusion_noise(frame: pd.DataFrame, rate: float, seed: int = 0, label: str = "label") -> tuple[pd.Series, np.ndarray]:
+def confusion_noise(
+    frame: pd.DataFrame, rate: float, seed: int = 0, label: str = "label"
+) -> tuple[pd.Series, np.ndarray]:
     """Flip ``rate`` of the labels towards the classes a clean model confuses each class with.
 
     Returns (noisy labels, flipped mask). The flip target of a class is drawn

@@ -42,7 +42,8 @@ def write_validated(root: Path, splits: dict[str, pd.DataFrame]) -> None:
         frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))
         frame["color"] = frame["color"].astype("string")
         frame.to_parquet(folder / f"{name}.parquet", index=False)
-    schema = {"label": "label", "numeric": ["x1", "x2", "x3", "x4"], "categorical": ["color"], "classes": ["a", "b", "c"]}
+    numeric = ["x1", "x2", "x3", "x4"]
+    schema = {"label": "label", "numeric": numeric, "categorical": ["color"], "classes": ["a", "b", "c"]}
     (folder / "schema.json").write_text(dumps(schema))
 
 
@@ -96,7 +97,8 @@ def test_test_rows_are_audited_without_training_on_them(planted):
 
 
 def test_featureless_table_stops_and_keeps_outputs(tmp_path):
-    splits = {s: clusters(30, i).assign(x1=1.0, x2=2.0, x3=0.0, x4=0.0, color="red") for i, s in enumerate(("train", "calib", "test"))}
+    constant = {"x1": 1.0, "x2": 2.0, "x3": 0.0, "x4": 0.0, "color": "red"}
+    splits = {s: clusters(30, i).assign(**constant) for i, s in enumerate(("train", "calib", "test"))}
     write_validated(tmp_path, splits)
     old = tmp_path / audit.ISSUES
     old.parent.mkdir(parents=True)
@@ -120,7 +122,11 @@ def test_evaluate_scores_trusted_test_rows():
     y = np.array([0, 0, 1, 1])  # the last row is wrong for the model and flagged by the audit
     test = pd.DataFrame({"row_id": [0, 1, 2, 3]})
     issues = pd.DataFrame(
-        {"row_id": [0, 1, 2, 3, 0], "split": ["test"] * 4 + ["train"], "is_label_issue": [False, False, False, True, True]}
+        {
+            "row_id": [0, 1, 2, 3, 0],
+            "split": ["test"] * 4 + ["train"],
+            "is_label_issue": [False, False, False, True, True],
+        }
     )
     out = evaluate.trusted_test(probs, y, test, issues, bins=5)
     assert out["flagged"] == 1 and out["all"]["accuracy"] == 0.75 and out["trusted"]["accuracy"] == 1.0

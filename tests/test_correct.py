@@ -80,7 +80,8 @@ def test_run_records_every_change(tmp_path):
     issues = issues_for(["a", "a", "a", "b", "b", "b"], ["b", "a", "a", "b", "b", "a"], [0.9] * 6)
     issues["is_label_issue"] = [True, False, False, False, False, True]
     write_inputs(tmp_path, issues, ["a", "b"])
-    metrics = correct.run(parse_params({"correct": {"label_issue": "relabel", "relabel_threshold": 0.8, "leakage": "keep"}}), tmp_path)
+    settings = {"label_issue": "relabel", "relabel_threshold": 0.8, "leakage": "keep"}
+    metrics = correct.run(parse_params({"correct": settings}), tmp_path)
     out = pd.read_parquet(tmp_path / "data/corrected/train.parquet")
     assert out["label"].tolist() == ["b", "a", "a", "b", "b", "a"] and (out["weight"] == 1.0).all()
     changes = pd.read_parquet(tmp_path / "data/corrected/changes.parquet")
