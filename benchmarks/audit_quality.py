@@ -68,15 +68,17 @@ def peer(train: pd.DataFrame, noisy: pd.Series, test: pd.DataFrame, seed: int) -
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     X, X_test = encode_for_sklearn(train.drop(columns=["label"])), encode_for_sklearn(test.drop(columns=["label"]))
+    classes = np.unique(train["label"].to_numpy())
+    y_noisy = np.searchsorted(classes, noisy.to_numpy())  # cleanlab wants class indices
     start = time.perf_counter()
     cl = CleanLearning(HistGradientBoostingClassifier(random_state=seed), seed=seed)
-    found = cl.find_label_issues(X, noisy.to_numpy())
-    cl.fit(X, noisy.to_numpy(), label_issues=found)
+    found = cl.find_label_issues(X, y_noisy)
+    cl.fit(X, y_noisy, label_issues=found)
     seconds = time.perf_counter() - start
     clean_hgb = HistGradientBoostingClassifier(random_state=seed).fit(X, train["label"].to_numpy())
     return {
         "flags": found["is_label_issue"].to_numpy(),
-        "macro_f1": macro_f1(test["label"], cl.predict(X_test)),
+        "macro_f1": macro_f1(test["label"], classes[cl.predict(X_test)]),
         "clean_hgb_macro_f1": macro_f1(test["label"], clean_hgb.predict(X_test)),
         "seconds": seconds,
     }
