@@ -90,8 +90,16 @@ AUDIT_ISSUE_TYPES = (
     "leakage",
 )
 # Datalab issue types that need images (or their embeddings' metadata); a table has none.
-IMAGE_ISSUE_TYPES = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size", "grayscale",
-                     "spurious_correlations")
+IMAGE_ISSUE_TYPES = (
+    "dark",
+    "light",
+    "blurry",
+    "low_information",
+    "odd_aspect_ratio",
+    "odd_size",
+    "grayscale",
+    "spurious_correlations",
+)
 
 
 class AuditParams(FitParams):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import audit, evaluate
-from stages.config import ConfigError, parse_params
+from stages import audit, evaluate, ingest
+from stages.config import ConfigError, NoiseParams, parse_params
 from stages.contract import StageError, dumps
 
 FAST_AUDIT = {
@@ -132,6 +132,20 @@ def test_evaluate_scores_trusted_test_rows():
     assert out["flagged"] == 1 and out["all"]["accuracy"] == 0.75 and out["trusted"]["accuracy"] == 1.0
     truth = pd.DataFrame({"row_id": [0], "flipped": [True]})
     assert evaluate.audit_scores(issues, truth)["flagged"] == 1  # train rows only
+
+
+def test_confusable_noise_flips_towards_confused_classes():
+    frame = clusters(300, 0)
+    look_alike = ["x1", "x2", "x3", "x4", "color"]
+    frame.loc[frame["label"] == "c", look_alike] = frame.loc[frame["label"] == "b", look_alike].values
+    frame.insert(0, "row_id", np.arange(len(frame)))
+    noisy, truth = ingest.inject_noise(frame, "label", NoiseParams(rate=0.3, seed=0, kind="confusable"))
+    changed = (noisy["label"] != frame["label"]).to_numpy()
+    assert np.array_equal(changed, truth["flipped"].to_numpy()) and 0.2 < changed.mean() < 0.4
+    moved = pd.crosstab(frame.loc[changed, "label"], noisy.loc[changed, "label"]).reindex(
+        index=["a", "b", "c"], columns=["a", "b", "c"], fill_value=0
+    )
+    assert moved.at["b", "c"] > moved.at["b", "a"] and moved.at["c", "b"] > moved.at["c", "a"]  # b and c look alike
 
 
 def test_issues_metrics_are_json(planted):
