@@ -124,7 +124,11 @@ def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
 
 
 def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: bool) -> dict[str, Any]:
-    """Probabilities (``probs``), ``el2n`` and (``embed``) penultimate-layer ``embedding`` of every row."""
+    """Probabilities (``probs``), ``el2n`` and (``embed``) penultimate-layer ``embedding`` of every row.
+
+    One job per fold and model (plus the embedding MLP) on ``audit.n_jobs`` processes; joblib shares the
+    encoded table with them read-only (memory-mapped), so each process adds about one fold's tensors.
+    """
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
