@@ -146,7 +146,7 @@ FlagAction = Literal["keep", "drop", "weight"]
 
 class CorrectParams(Section):
     label_issue: Literal["keep", "drop", "relabel", "weight"] = "drop"
-    max_drop_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_drop_fraction: float = Field(0.5, ge=0.0, le=1.0)
     """Never drop more than this share of any one class."""
     outlier: FlagAction = "keep"
     near_duplicate: FlagAction = "keep"
