@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows import workspace  # noqa: E402
+from stages.ingest import confusion_noise, encode_for_sklearn  # noqa: E402,F401  (one implementation, shared with ingest)
 
 
 def long_tail_sizes(n_rows: int, n_classes: int, imbalance: float) -> np.ndarray:
@@ -76,41 +77,6 @@ def digits_table() -> pd.DataFrame:
     from stages.data import load_source
 
     return load_source("sklearn:digits", "label")
-
-
-def confusion_noise(frame: pd.DataFrame, rate: float, seed: int = 0, label: str = "label") -> tuple[pd.Series, np.ndarray]:
-    """Flip ``rate`` of the labels towards the classes a clean model confuses each class with.
-
-    Returns (noisy labels, flipped mask). The flip target of a class is drawn
-    from the off-diagonal row of a cross-validated confusion matrix of a quick
-    model on the clean labels (uniform where that row is empty).
-    """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.metrics import confusion_matrix
-    from sklearn.model_selection import cross_val_predict
-
-    rng = np.random.default_rng(seed)
-    X = encode_for_sklearn(frame.drop(columns=[label]))
-    classes = np.array(sorted(frame[label].unique()))
-    y = np.searchsorted(classes, frame[label].to_numpy())
-    pred = cross_val_predict(HistGradientBoostingClassifier(max_iter=50, random_state=seed), X, y, cv=3)
-    conf = confusion_matrix(y, pred, labels=np.arange(len(classes))).astype(float) + 1e-3
-    np.fill_diagonal(conf, 0.0)
-    conf /= conf.sum(axis=1, keepdims=True)
-    flip = rng.random(len(y)) < rate
-    noisy = y.copy()
-    for i in np.flatnonzero(flip):
-        noisy[i] = rng.choice(len(classes), p=conf[y[i]])
-    return pd.Series(classes[noisy], index=frame.index, name=label), flip
-
-
-def encode_for_sklearn(features: pd.DataFrame) -> np.ndarray:
-    """Numeric as is, categoricals as ordinal codes (tree models handle them well)."""
-    out = features.copy()
-    for col in out.columns:
-        if not pd.api.types.is_numeric_dtype(out[col]):
-            out[col] = out[col].astype("category").cat.codes
-    return out.to_numpy(dtype=np.float64)
 
 
 def run_tamis(

@@ -1,14 +1,43 @@
-"""Audit: find training rows whose label is probably wrong (confident learning).
+"""Audit: find what is wrong with the data, row by row, before anything learns from it.
 
-Each row's class probabilities come from a model that never saw the row
-(stratified K-fold), and cleanlab compares them with the given labels: a row is
-a label issue when its given label is confidently contradicted. One row per
-training row goes to ``data/audit/issues.parquet``.
+Every row of train, calib and test gets class probabilities from models that
+never saw it: train rows from stratified K-fold (each fold's models fit on the
+other folds), calib and test rows from the average of those fold models, which
+never train on calib or test. ``audit.models`` picks the project's MLP, a
+HistGradientBoosting model, or their average; folds run in parallel processes.
+
+From those probabilities, and an embedding of every row (the penultimate layer
+of an MLP fit on the train rows, reduced by PCA), cleanlab finds:
+
+- label issues by confident learning, split by split: each split's own noise
+  sets its thresholds, so a clean test split is not judged by the noisy train
+  split's rates (the same call Datalab's label check makes). The train split's
+  confident joint gives the noise matrix and per-class noise rates;
+- with Datalab, over all rows at once: outliers, near duplicates, class
+  imbalance, non-iid order and underperforming groups on the embeddings' k-NN
+  graph (faiss; HNSW above ``EXACT_KNN_ROWS`` rows, so its cost grows about
+  linearly), and rows with nulls on the raw columns;
+- leakage: rows whose feature values are also in another split, exactly or as
+  a near copy (a near duplicate whose raw values agree within
+  ``audit.near_copy_tolerance`` standard deviations);
+- EL2N: the L2 norm of (softmax - one-hot given label) after
+  ``audit.el2n_epoch`` epochs, averaged over the folds whose models fit the
+  row (all folds for calib and test rows).
+
+A class with fewer training rows than folds never gets here: validate stops it
+(``class_counts_check``), since every stratified fold needs rows of every class.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import html
+import io
+import math
+import os
+import sys
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +45,9 @@ import numpy as np
 import pandas as pd
 
 from stages import tracking
-from stages.config import Params
-from stages.contract import Outputs, stage_main
-from stages.data import ROW_ID, Encoder, Schema, read_split
+from stages.config import AuditParams, Params
+from stages.contract import Outputs, StageError, stage_main
+from stages.data import ROW_ID, SPLITS, Encoder, Schema, read_split
 from stages.losses import cross_entropy
 from stages.nets import MLP, Table, fit, logits_of, resolve_device, seed_everything
 
@@ -26,65 +55,385 @@ VALIDATED = Path("data/validated")
 ISSUES = Path("data/audit/issues.parquet")
 METRICS = Path("metrics/audit.json")
 REPORT = Path("reports/audit.html")
+KNN_TYPES = ("outlier", "near_duplicate", "class_imbalance", "non_iid", "underperforming_group")
+EXACT_KNN_ROWS = 20_000
+HGB_MAX_CATEGORIES = 255  # HistGradientBoosting's native categorical support stops here
 
 
-def out_of_sample_probs(frame: pd.DataFrame, schema: Schema, params: Params) -> np.ndarray:
-    """Class probabilities for every row from a model trained on the other folds."""
+def load_rows(root: Path, schema: Schema) -> pd.DataFrame:
+    """Train, calib and test rows in one table (train first), with a ``split`` column."""
+    frames = [read_split(root / VALIDATED, s).assign(split=s) for s in SPLITS]
+    rows = pd.concat(frames, ignore_index=True)
+    train = rows[rows["split"] == "train"]
+    varying = [c for c in schema.features if train[c].nunique(dropna=False) > 1]
+    if not varying:
+        raise StageError(
+            f"{root / VALIDATED / 'train.parquet'}: no numeric or categorical column varies across the training "
+            "rows; there is nothing to learn the labels from."
+        )
+    return rows
+
+
+# ---- out-of-sample probabilities: one job per fold and model, run in parallel processes ----
+
+
+def _fit_mlp(num, cat, cards, y, fit_idx, n_classes, a: AuditParams, seed, device, embed=False):
+    """An MLP fit on ``fit_idx``: (probs, early probs) of every row, or embeddings when ``embed``."""
+    import torch
+
+    seed_everything(seed)
+    model = MLP(num.shape[1], cards, n_classes, a.hidden, a.dropout).to(device)
+    rows = Table.of(num, cat, y, device=device)
+    early: dict[str, np.ndarray] = {}
+
+    def snapshot(epoch: int) -> None:
+        if epoch == min(a.el2n_epoch, a.epochs) and not embed:
+            early["probs"] = logits_of(model, rows).softmax(1).cpu().numpy()
+
+    fit(
+        model,
+        rows.rows(torch.as_tensor(fit_idx, device=rows.y.device)),
+        lambda logits, b: cross_entropy(logits, b.y, b.weight),
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        weight_decay=a.weight_decay,
+        seed=seed,
+        on_epoch=snapshot,
+    )
+    if embed:
+        model.eval()
+        with torch.no_grad():
+            parts = [model.features(rows.num[i : i + 8192], rows.cat[i : i + 8192]) for i in range(0, len(rows), 8192)]
+        return torch.cat(parts).cpu().numpy()
+    return logits_of(model, rows).softmax(1).cpu().numpy(), early["probs"]
+
+
+def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
+    """A HistGradientBoosting model fit on ``fit_idx``: (probs, early probs) of every row.
+
+    "Early" is the same share of its boosting iterations as ``el2n_epoch`` is of the MLP's epochs.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(max_iter=a.hgb_max_iter, categorical_features=categorical, random_state=seed)
+    model.fit(X[fit_idx], y[fit_idx])
+    stage = max(1, math.ceil(model.n_iter_ * min(a.el2n_epoch, a.epochs) / a.epochs))
+    early = next(islice(model.staged_predict_proba(X), stage - 1, None))
+    return model.predict_proba(X), early
+
+
+def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: bool) -> dict[str, Any]:
+    """Probabilities (``probs``), ``el2n`` and (``embed``) penultimate-layer ``embedding`` of every row.
+
+    One job per fold and model (plus the embedding MLP) on ``audit.n_jobs`` processes; joblib shares the
+    encoded table with them read-only (memory-mapped), so each process adds about one fold's tensors.
+    """
+    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
     a = params.audit
     device = resolve_device(params.device)
-    y_all = Encoder.fit(frame, schema).labels(frame[schema.label])
-    probs = np.zeros((len(frame), len(schema.classes)))
-    folds = StratifiedKFold(n_splits=a.folds, shuffle=True, random_state=params.seed)
-    for k, (fit_idx, held_idx) in enumerate(folds.split(np.zeros(len(frame)), y_all)):
-        seed_everything(params.seed + k)
-        part = frame.iloc[fit_idx]
-        enc = Encoder.fit(part, schema)
-        model = MLP(len(enc.numeric), enc.cardinalities, len(schema.classes), a.hidden, a.dropout).to(device)
-        fit(
-            model,
-            Table.of(*enc.transform(part), y_all[fit_idx], device=device),
-            lambda logits, b: cross_entropy(logits, b.y, b.weight),
-            epochs=a.epochs,
-            batch_size=a.batch_size,
-            lr=a.lr,
-            weight_decay=a.weight_decay,
-            seed=params.seed + k,
-            progress=f"audit fold {k + 1}/{a.folds}",
+    is_train = (rows["split"] == "train").to_numpy()
+    train_idx = np.flatnonzero(is_train)
+    encoder = Encoder.fit(rows[is_train], schema)
+    num, cat = encoder.transform(rows)
+    y = encoder.labels(rows[schema.label], "validated labels")
+    n_classes = len(schema.classes)
+    X = np.hstack([num, cat]).astype(np.float32)
+    categorical = [False] * num.shape[1] + [k <= HGB_MAX_CATEGORIES for k in encoder.cardinalities]
+    folds = list(StratifiedKFold(a.folds, shuffle=True, random_state=params.seed).split(train_idx, y[train_idx]))
+    kinds = ["mlp", "hgb"] if a.models == "both" else [a.models]
+    def mlp(fit_idx, seed, embed=False):
+        return delayed(_fit_mlp)(num, cat, encoder.cardinalities, y, fit_idx, n_classes, a, seed, str(device), embed)
+
+    jobs, keys = [], []
+    for k, (fit_pos, _) in enumerate(folds):
+        if "mlp" in kinds:
+            jobs.append(mlp(train_idx[fit_pos], params.seed + k))
+            keys.append(("mlp", k))
+        if "hgb" in kinds:
+            jobs.append(delayed(_fit_hgb)(X, y, train_idx[fit_pos], categorical, a, params.seed + k))
+            keys.append(("hgb", k))
+    if embed:  # one more MLP, on every train row: one embedding space for all rows
+        jobs.append(mlp(train_idx, params.seed, embed=True))
+    n_jobs = 1 if device.type == "cuda" else min(len(jobs), a.n_jobs if a.n_jobs > 0 else os.cpu_count() or 1)
+    results = Parallel(n_jobs=n_jobs, verbose=5 if sys.stderr.isatty() else 0)(jobs)
+
+    n = len(rows)
+    probs = np.zeros((n, n_classes))
+    el2n_sum, el2n_count = np.zeros(n), np.zeros(n)
+    onehot = np.eye(n_classes)[y]
+    for (_, k), (fold_probs, early) in zip(keys, results):
+        held, fitted = train_idx[folds[k][1]], np.zeros(n, dtype=bool)
+        fitted[train_idx[folds[k][0]]] = True
+        probs[held] += fold_probs[held] / len(kinds)
+        probs[~is_train] += fold_probs[~is_train] / (len(kinds) * a.folds)
+        counts = fitted | ~is_train  # train rows: the folds that fit them; others: every fold
+        el2n_sum[counts] += np.linalg.norm(early - onehot, axis=1)[counts]
+        el2n_count[counts] += 1
+    return {"probs": probs, "y": y, "el2n": el2n_sum / el2n_count, "embedding": results[-1] if embed else None}
+
+
+# ---- the checks ----
+
+
+def reduce_embedding(embedding: np.ndarray, is_train: np.ndarray, dim: int) -> np.ndarray:
+    """PCA (fit on the train rows) down to ``dim`` dimensions: fast k-NN, little lost."""
+    from sklearn.decomposition import PCA
+
+    dim = min(dim, embedding.shape[1], int(is_train.sum()))
+    pca = PCA(n_components=dim, svd_solver="covariance_eigh").fit(embedding[is_train])
+    return np.ascontiguousarray(pca.transform(embedding), dtype=np.float32)
+
+
+def knn_graph(x: np.ndarray, k: int):
+    """Each row's ``k`` nearest other rows (Euclidean) as the sparse distance graph Datalab takes.
+
+    Exact up to ``EXACT_KNN_ROWS`` rows, HNSW above (n log n, recall ~0.99);
+    single-threaded so the graph is the same on every run.
+    """
+    import faiss
+    from scipy.sparse import csr_matrix
+
+    faiss.omp_set_num_threads(1)
+    n, d = x.shape
+    k = min(k, n - 1)
+    if n <= EXACT_KNN_ROWS:
+        index = faiss.IndexFlatL2(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, 32)
+        index.hnsw.efSearch = max(64, 2 * k)
+    index.add(x)
+    dist, ind = index.search(x, k + 1)
+    is_self = ind == np.arange(n)[:, None]
+    is_self[~is_self.any(axis=1), -1] = True  # self not returned (many exact duplicates): drop the farthest
+    keep = ~is_self
+    dist = np.sqrt(np.maximum(dist[keep].reshape(n, k), 0.0))
+    ind = ind[keep].reshape(n, k)
+    return csr_matrix((dist.ravel(), ind.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+
+
+def _datalab(y: np.ndarray, types: dict[str, dict[str, Any]], **inputs) -> tuple[pd.DataFrame, Any]:
+    """Datalab's checks ``{type: its arguments}``; a check that could not run on this data is an error."""
+    from cleanlab import Datalab
+
+    lab = Datalab({"label": y}, label_name="label", verbosity=0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        lab.find_issues(issue_types=types, **inputs)
+    found = lab.get_issues()
+    missing = [t for t in types if f"is_{t}_issue" not in found.columns]
+    if missing:
+        raise StageError(
+            f"audit.issue_types: cleanlab could not run {', '.join(missing)} on this data "
+            f"({len(y)} rows); remove it from audit.issue_types or add rows."
         )
-        held = frame.iloc[held_idx]
-        logits = logits_of(model, Table.of(*enc.transform(held), y_all[held_idx], device=device))
-        probs[held_idx] = logits.softmax(dim=1).cpu().numpy()
-    return probs
+    return found, lab
 
 
-def find_issues(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(is_label_issue, label_quality) from cleanlab's confident learning."""
+def label_check(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(is_label_issue, label_quality) by confident learning, as Datalab's label check computes them."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
+    if len(y) == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0)
     is_issue = find_label_issues(labels=y, pred_probs=probs, filter_by="prune_by_noise_rate")
     return is_issue, get_label_quality_scores(labels=y, pred_probs=probs)
 
 
-def render_report(issues: pd.DataFrame, metrics: dict[str, Any], worst: int = 20) -> str:
-    rows = issues[issues["is_label_issue"]].nsmallest(worst, "label_quality")
-    body = "".join(
-        f"<tr><td>{r.row_id}</td><td>{html.escape(str(r.given_label))}</td>"
-        f"<td>{html.escape(str(r.predicted_label))}</td><td>{r.label_quality:.3f}</td></tr>"
-        for r in rows.itertuples()
+def noise_estimates(y: np.ndarray, probs: np.ndarray, classes: list[Any]) -> dict[str, Any]:
+    """Confident joint, noise matrix P(given | true) and per-class noise rates of the train split."""
+    from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+
+    _, noise_matrix, inverse, joint = estimate_py_and_noise_matrices_from_probabilities(y, probs)
+    given_share = np.bincount(y, minlength=len(classes)) / len(y)
+    per_class = 1.0 - np.diag(inverse)  # P(true != c | given = c)
+    return {
+        "estimated_noise_rate": float((given_share * per_class).sum()),
+        "noise_rate_per_class": {str(c): float(r) for c, r in zip(classes, per_class)},
+        "confident_joint": joint.tolist(),  # rows: given label, columns: true label
+        "noise_matrix": noise_matrix.tolist(),  # [given][true] = P(given | true)
+    }
+
+
+def raw_matrix(rows: pd.DataFrame, schema: Schema) -> np.ndarray:
+    """The feature columns as floats with NaN where a value is missing (for the null check)."""
+    cols = [rows[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in schema.numeric]
+    for c in schema.categorical:
+        codes = rows[c].astype("category").cat.codes.to_numpy().astype(np.float64)
+        cols.append(np.where(codes < 0, np.nan, codes))
+    return np.column_stack(cols)
+
+
+def leakage(rows: pd.DataFrame, schema: Schema, near_sets: list[np.ndarray], near_score: np.ndarray, tol: float):
+    """(flag, score, counts) of rows whose features reappear in another split; score 0 for an exact copy.
+
+    A near copy is a near duplicate (embeddings) in another split whose categories are the same and
+    whose numbers are within ``tol`` standard deviations: the embedding proposes, the raw values confirm.
+    """
+    split = rows["split"].to_numpy()
+    digest = pd.util.hash_pandas_object(rows[schema.features], index=False)
+    exact = (pd.DataFrame({"h": digest.to_numpy(), "s": split}).groupby("h")["s"].transform("nunique") > 1).to_numpy()
+    pairs = np.array([(i, j) for i, s in enumerate(near_sets) for j in s if split[j] != split[i]], dtype=np.int64)
+    near = np.zeros(len(rows), dtype=bool)
+    if len(pairs):
+        num = rows[schema.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+        num = np.nan_to_num(num / np.where(np.nanstd(num, axis=0) > 0, np.nanstd(num, axis=0), 1.0), nan=np.inf)
+        cat = rows[schema.categorical].astype(str).to_numpy()
+        a, b = pairs[:, 0], pairs[:, 1]
+        same_num = (np.abs(num[a] - num[b]) <= tol) | (num[a] == num[b])
+        close = same_num.all(axis=1) & (cat[a] == cat[b]).all(axis=1)
+        near[a[close]] = True
+    score = np.where(exact, 0.0, np.where(near, near_score, 1.0))
+    return exact | near, score, {"exact": int(exact.sum()), "near": int((near & ~exact).sum())}
+
+
+def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The issues table (one row per input row) and the numbers behind it."""
+    a = params.audit
+    knn_types = [t for t in KNN_TYPES if t in a.issue_types]
+    oos = out_of_sample(rows, schema, params, embed=bool(knn_types))
+    probs, y = oos["probs"], oos["y"]
+    split = rows["split"].to_numpy()
+    classes = np.array(schema.classes, dtype=object)
+    issues = pd.DataFrame(
+        {
+            ROW_ID: rows[ROW_ID].to_numpy(),
+            "split": split,
+            "given_label": rows[schema.label].to_numpy(),
+            "predicted_label": classes[probs.argmax(axis=1)],
+            "label_quality": 0.0,
+            "is_label_issue": False,
+            "el2n": oos["el2n"],
+        }
     )
-    per_class = "".join(
-        f"<tr><td>{html.escape(str(c))}</td><td>{n}</td></tr>" for c, n in metrics["label_issues_per_class"].items()
+    for s in SPLITS:
+        mask = split == s
+        flags, quality = label_check(y[mask], probs[mask])
+        issues.loc[mask, "is_label_issue"] = flags
+        issues.loc[mask, "label_quality"] = quality
+    extra: dict[str, Any] = {}
+    if knn_types:
+        embedding = reduce_embedding(oos["embedding"], split == "train", a.embedding_dim)
+        graph = knn_graph(embedding, a.knn_k)
+        # DBSCAN's default eps (0.5) suits cosine distances; these are Euclidean, so scale it to the data
+        args = {t: {} for t in knn_types}
+        if "underperforming_group" in args:
+            args["underperforming_group"] = {"clustering_kwargs": {"eps": float(np.median(graph.data))}}
+        found, lab = _datalab(y, args, features=embedding, pred_probs=probs, knn_graph=graph)
+        for t in knn_types:
+            issues[f"is_{t}_issue"] = found[f"is_{t}_issue"].to_numpy()
+            issues[f"{t}_score"] = found[f"{t}_score"].to_numpy()
+        if "non_iid" in knn_types:
+            extra["non_iid_p_value"] = float(lab.get_info("non_iid")["p-value"])
+        if "leakage" in a.issue_types:
+            near_sets = lab.get_info("near_duplicate")["near_duplicate_sets"]
+            flag, score, extra["leakage"] = leakage(
+                rows, schema, near_sets, issues["near_duplicate_score"].to_numpy(), a.near_copy_tolerance
+            )
+            issues["is_leakage_issue"], issues["leakage_score"] = flag, score
+    if "null" in a.issue_types:
+        found, _ = _datalab(y, {"null": {}}, features=raw_matrix(rows, schema))
+        issues["is_null_issue"] = found["is_null_issue"].to_numpy()
+        issues["null_score"] = found["null_score"].to_numpy()
+    for i in range(len(schema.classes)):
+        issues[f"prob_{i}"] = probs[:, i]
+    train = split == "train"
+    extra["noise"] = noise_estimates(y[train], probs[train], schema.classes)
+    return issues, extra
+
+
+def summarise(issues: pd.DataFrame, extra: dict[str, Any], schema: Schema, params: Params) -> dict[str, Any]:
+    train = issues[issues["split"] == "train"]
+    y_pred = train["predicted_label"].astype(str).to_numpy()
+    per_class = train[train["is_label_issue"]]["given_label"].astype(str).value_counts()
+    types = [t for t in params.audit.issue_types if f"is_{t}_issue" in issues.columns]
+    return {
+        "rows": len(train),
+        "label_issues": int(train["is_label_issue"].sum()),
+        "label_issue_fraction": float(train["is_label_issue"].mean()),
+        "out_of_sample_accuracy": float((y_pred == train["given_label"].astype(str).to_numpy()).mean()),
+        "label_issues_per_class": {str(c): int(per_class.get(str(c), 0)) for c in schema.classes},
+        "models": params.audit.models,
+        "rows_per_split": {s: int((issues["split"] == s).sum()) for s in SPLITS},
+        "issues": {t: {s: int(issues.loc[issues["split"] == s, f"is_{t}_issue"].sum()) for s in SPLITS} for t in types},
+        "mean_el2n": {s: float(issues.loc[issues["split"] == s, "el2n"].mean()) for s in SPLITS},
+        **extra,
+    }
+
+
+# ---- report ----
+
+
+def noise_heatmap(matrix: list[list[float]], classes: list[Any]) -> str:
+    """The estimated noise matrix as an inline base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix)
+    size = min(12.0, 2.5 + 0.45 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=90)
+    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_xlabel("true label (estimated)")
+    ax.set_ylabel("given label")
+    ax.set_title("P(given | true)")
+    if len(classes) <= 12:
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_report(issues: pd.DataFrame, metrics: dict[str, Any], schema: Schema, worst: int = 25) -> str:
+    counts = _table(["issue type", *SPLITS], [[t, *by.values()] for t, by in metrics["issues"].items()])
+    flagged = issues[issues["is_label_issue"]].nsmallest(worst, "label_quality")
+    worst_rows = _table(
+        ["split", "row_id", "given", "predicted", "label quality", "EL2N"],
+        [[r.split, r.row_id, r.given_label, r.predicted_label, f"{r.label_quality:.3f}", f"{r.el2n:.3f}"]
+         for r in flagged.itertuples()],
     )
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tamis audit</title></head><body>
+    balance = issues.groupby(["given_label", "split"]).size().unstack(fill_value=0).reindex(columns=list(SPLITS))
+    noise = metrics["noise"]
+    balance_rows = [
+        [c, *balance.loc[c].tolist(), f"{noise['noise_rate_per_class'][str(c)]:.1%}"]
+        for c in balance.index
+    ]
+    png = noise_heatmap(noise["noise_matrix"], schema.classes)
+    leak = metrics.get("leakage")
+    leak_txt = (
+        f"<p>Leakage: {leak['exact']} rows with an exact copy in another split, "
+        f"{leak['near']} more with a near copy.</p>"
+        if leak
+        else ""
+    )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tamis audit</title>
+<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>
 <h1>Audit</h1>
-<p>{metrics['label_issues']} of {metrics['rows']} training rows ({metrics['label_issue_fraction']:.1%}) look mislabelled;
-out-of-sample accuracy against the given labels {metrics['out_of_sample_accuracy']:.3f}.</p>
-<h2>Label issues per given class</h2><table><tr><th>class</th><th>issues</th></tr>{per_class}</table>
-<h2>Worst {len(rows)} rows</h2>
-<table><tr><th>row_id</th><th>given</th><th>predicted</th><th>label quality</th></tr>{body}</table>
+<p>{metrics['label_issues']} of {metrics['rows']} training rows ({metrics['label_issue_fraction']:.1%})
+look mislabelled;
+estimated noise rate {noise['estimated_noise_rate']:.1%}; out-of-sample accuracy against the given labels
+{metrics['out_of_sample_accuracy']:.3f} ({metrics['models']} models).</p>
+{leak_txt}
+<h2>Rows flagged per issue type</h2>{counts}
+<h2>Estimated noise matrix (train split)</h2><img alt="noise matrix" src="data:image/png;base64,{png}">
+<h2>Worst {len(flagged)} rows</h2>{worst_rows}
+<h2>Class balance</h2>{_table(["class", *SPLITS, "estimated noise (train)"], balance_rows)}
 </body></html>
 """
 
@@ -92,38 +441,19 @@ out-of-sample accuracy against the given labels {metrics['out_of_sample_accuracy
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     schema = Schema.load(root / VALIDATED / "schema.json")
-    train = read_split(root / VALIDATED, "train")
-    y = Encoder.fit(train, schema).labels(train[schema.label])
+    rows = load_rows(root, schema)
     with tracking.stage_run("audit", params, ("audit",), root):
-        probs = out_of_sample_probs(train, schema, params)
-        is_issue, quality = find_issues(y, probs)
-        classes = np.array(schema.classes, dtype=object)
-        issues = pd.DataFrame(
-            {
-                ROW_ID: train[ROW_ID].to_numpy(),
-                "given_label": train[schema.label].to_numpy(),
-                "predicted_label": classes[probs.argmax(axis=1)],
-                "label_quality": quality,
-                "is_label_issue": is_issue,
-            }
-        )
-        for i, cls in enumerate(schema.classes):
-            issues[f"prob_{i}"] = probs[:, i]
-        per_class = issues[issues["is_label_issue"]]["given_label"].value_counts()
-        metrics = {
-            "rows": len(issues),
-            "label_issues": int(is_issue.sum()),
-            "label_issue_fraction": float(is_issue.mean()),
-            "out_of_sample_accuracy": float((probs.argmax(axis=1) == y).mean()),
-            "label_issues_per_class": {str(c): int(per_class.get(c, 0)) for c in schema.classes},
-        }
-        tracking.log_metrics(metrics)
+        issues, extra = audit_rows(rows, schema, params)
+        metrics = summarise(issues, extra, schema, params)
+        tracking.log_metrics({k: v for k, v in metrics.items() if k != "noise"})
+        tracking.log_metrics({"noise_rate": metrics["noise"]["noise_rate_per_class"]})
+        import mlflow
+
+        mlflow.log_dict(metrics["noise"], "noise.json")
         with Outputs(root) as out:
             issues.to_parquet(out.path(ISSUES), index=False)
             out.write_json(METRICS, metrics)
-            out.path(REPORT).write_text(render_report(issues, metrics))
-        import mlflow
-
+            out.path(REPORT).write_text(render_report(issues, metrics, schema))
         mlflow.log_artifact(str(root / REPORT))
     return metrics
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stages.contract import StageError
 
@@ -31,6 +31,8 @@ class NoiseParams(Section):
 
     rate: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
+    kind: Literal["uniform", "confusable"] = "uniform"
+    """uniform: to any other class; confusable: towards the classes a clean model confuses."""
 
 
 class DataParams(Section):
@@ -77,16 +79,89 @@ class FitParams(Section):
         return self
 
 
+AUDIT_ISSUE_TYPES = (
+    "label",
+    "outlier",
+    "near_duplicate",
+    "class_imbalance",
+    "non_iid",
+    "underperforming_group",
+    "null",
+    "leakage",
+)
+# Datalab issue types that need images (or their embeddings' metadata); a table has none.
+IMAGE_ISSUE_TYPES = (
+    "dark",
+    "light",
+    "blurry",
+    "low_information",
+    "odd_aspect_ratio",
+    "odd_size",
+    "grayscale",
+    "spurious_correlations",
+)
+
+
 class AuditParams(FitParams):
     folds: int = Field(5, ge=2)
     epochs: int = Field(25, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [128], min_length=1)
+    models: Literal["mlp", "hgb", "both"] = "both"
+    """Out-of-sample probabilities from the MLP, a HistGradientBoosting model, or their average."""
+    n_jobs: int = -1
+    """Folds fitted in parallel processes; -1: one per CPU core (always 1 on CUDA)."""
+    hgb_max_iter: int = Field(200, ge=1)
+    el2n_epoch: int = Field(3, ge=1)
+    """EL2N is the error L2 norm of the predictions after this many epochs."""
+    embedding_dim: int = Field(16, ge=1)
+    """The penultimate layer is reduced (PCA) to this many dimensions for the k-NN checks."""
+    knn_k: int = Field(10, ge=1)
+    near_copy_tolerance: float = Field(0.05, ge=0.0)
+    """Leakage: a near duplicate in another split counts when every number is within this many std."""
+    issue_types: list[str] = Field(default_factory=lambda: list(AUDIT_ISSUE_TYPES), min_length=1)
+
+    @field_validator("issue_types", mode="before")
+    @classmethod
+    def _yaml_null(cls, value: Any) -> Any:
+        """An unquoted ``null`` in YAML is None; here it names the null-values check."""
+        return ["null" if v is None else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("issue_types", mode="after")
+    @classmethod
+    def _known_issue_types(cls, types: list[str]) -> list[str]:
+        for name in types:
+            if name in IMAGE_ISSUE_TYPES:
+                raise ValueError(f"issue type '{name}' needs images, and a table has none")
+            if name not in AUDIT_ISSUE_TYPES:
+                raise ValueError(f"unknown issue type '{name}'; expected some of {', '.join(AUDIT_ISSUE_TYPES)}")
+        if "label" not in types:
+            raise ValueError("the list must include 'label': correct and evaluate read its flags")
+        if "leakage" in types and "near_duplicate" not in types:
+            raise ValueError("issue type 'leakage' needs 'near_duplicate' (its near-duplicate sets)")
+        return types
+
+
+FlagAction = Literal["keep", "drop", "weight"]
 
 
 class CorrectParams(Section):
-    label_issue: Literal["keep", "drop"] = "drop"
-    max_drop_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    label_issue: Literal["keep", "drop", "relabel", "weight"] = "drop"
+    max_drop_fraction: float = Field(0.5, ge=0.0, le=1.0)
     """Never drop more than this share of any one class."""
+    outlier: FlagAction = "keep"
+    near_duplicate: FlagAction = "keep"
+    class_imbalance: FlagAction = "keep"
+    non_iid: FlagAction = "keep"
+    underperforming_group: FlagAction = "keep"
+    null_values: FlagAction = "keep"
+    """The null check (rows with missing values); named so because YAML reads a bare `null` key as None."""
+    leakage: Literal["keep", "drop"] = "drop"
+    relabel_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    """relabel only when the predicted label's out-of-sample probability reaches this."""
+    relabel_fallback: FlagAction = "drop"
+    """What relabel does with a flagged row whose predicted label is below the threshold."""
+    min_weight: float = Field(0.05, gt=0.0, le=1.0)
+    """weight: a flagged row's loss weight is its score for the issue, at least this."""
 
 
 class ResampleParams(Section):

@@ -1,10 +1,23 @@
-"""Correct: act on the audit's label issues in the training split.
+"""Correct: act on the audit's findings in the training split, one strategy per issue type.
 
-``correct.label_issue: drop`` removes flagged rows, ``keep`` leaves them. A guard
-never drops more than ``correct.max_drop_fraction`` of any class (the rows with
-the lowest label quality go first), so correction cannot empty a class. Every
-changed row is listed in ``data/corrected/changes.parquet`` with its original
-label, the action and the reason.
+Each issue type has a strategy in params (``correct.<type>``; the label check's
+is ``correct.label_issue``):
+
+- ``keep`` leaves a flagged row as it is; ``drop`` removes it;
+- ``relabel`` (label issues) gives it the audit's predicted label when that
+  label's out-of-sample probability reaches ``correct.relabel_threshold``, and
+  applies ``correct.relabel_fallback`` otherwise;
+- ``weight`` sets its loss weight to its score for the issue (label quality
+  for label issues; lower is worse), at least ``correct.min_weight``; train
+  and distill read the ``weight`` column.
+
+A row flagged more than once takes the strongest action: drop, then relabel,
+then weight (the lowest). Guards: no class loses more than
+``correct.max_drop_fraction`` of its rows to drops (the lowest scores go
+first; the rest fall back to their next action), and a class left with no rows
+or a training set left with one label is an error, with nothing written.
+Every changed row is listed in ``data/corrected/changes.parquet`` with its
+original label, new label, action and reasons.
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from stages import tracking
-from stages.config import Params
+from stages.config import AUDIT_ISSUE_TYPES, CorrectParams, Params
 from stages.contract import Outputs, StageError, stage_main
 from stages.data import ROW_ID, Schema, read_split
 
@@ -24,17 +37,86 @@ VALIDATED = Path("data/validated")
 ISSUES = Path("data/audit/issues.parquet")
 OUT = Path("data/corrected")
 METRICS = Path("metrics/correct.json")
+PARAM_OF = {"label": "label_issue", "null": "null_values"}  # the others are named as their issue type
 
 
-def plan_drops(issues: pd.DataFrame, max_fraction: float) -> np.ndarray:
-    """Boolean mask of rows to drop: flagged rows, worst first, at most ``max_fraction`` per class."""
-    drop = np.zeros(len(issues), dtype=bool)
-    for _, group in issues.groupby("given_label", sort=False):
-        budget = int(np.floor(len(group) * max_fraction))
-        budget = min(budget, len(group) - 1)  # never empty a class
-        flagged = group[group["is_label_issue"]].sort_values("label_quality")
-        drop[issues.index.get_indexer(flagged.index[: max(budget, 0)])] = True
-    return drop
+def columns(issue: str) -> tuple[str, str]:
+    """(flag column, score column) of an issue type in the audit's table."""
+    return ("is_label_issue", "label_quality") if issue == "label" else (f"is_{issue}_issue", f"{issue}_score")
+
+
+def plan(issues: pd.DataFrame, c: CorrectParams) -> pd.DataFrame:
+    """Per training row: ``action`` (keep / drop / relabel / weight), ``new_label``, ``weight``, ``reason``."""
+    n = len(issues)
+    given = issues["given_label"].to_numpy(dtype=object)
+    predicted = issues["predicted_label"].to_numpy(dtype=object)
+    probs = issues[[col for col in issues.columns if col.startswith("prob_")]].to_numpy()
+    confident = (probs.max(axis=1) >= c.relabel_threshold) & (predicted != given)
+    drop, relabel = np.zeros(n, bool), np.zeros(n, bool)
+    weight, severity = np.ones(n), np.ones(n)
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    for issue in AUDIT_ISSUE_TYPES:
+        strategy = getattr(c, PARAM_OF.get(issue, issue))
+        if strategy == "keep":
+            continue
+        flag_col, score_col = columns(issue)
+        if flag_col not in issues.columns:
+            raise StageError(
+                f"correct.{PARAM_OF.get(issue, issue)}: '{strategy}' needs the audit's {issue} check, which "
+                f"{ISSUES} lacks; add {issue} to audit.issue_types or set it to keep."
+            )
+        flagged = issues[flag_col].to_numpy(bool)
+        score = issues[score_col].to_numpy(np.float64)
+        wants = {strategy: flagged}
+        if strategy == "relabel":
+            wants = {"relabel": flagged & confident, c.relabel_fallback: flagged & ~confident}
+        for action, mask in wants.items():
+            if action == "drop":
+                drop |= mask
+                severity[mask] = np.minimum(severity[mask], score[mask])
+            elif action == "relabel":
+                relabel |= mask
+            elif action == "weight":
+                weight[mask] = np.minimum(weight[mask], np.maximum(score[mask], c.min_weight))
+        for i in np.flatnonzero(flagged):
+            reasons[i].append(issue)
+    drop &= within_budget(drop, severity, given, c.max_drop_fraction)
+    action = np.select([drop, relabel, weight < 1.0], ["drop", "relabel", "weight"], "keep").astype(object)
+    return pd.DataFrame(
+        {
+            "action": action,
+            "new_label": np.where(action == "relabel", predicted, given),
+            "weight": np.where(action == "weight", weight, 1.0),
+            "reason": [",".join(r) for r in reasons],
+        },
+        index=issues.index,
+    )
+
+
+def within_budget(drop: np.ndarray, severity: np.ndarray, labels: np.ndarray, max_fraction: float) -> np.ndarray:
+    """The drops each class can afford: at most ``max_fraction`` of its rows, lowest severity first."""
+    keep = np.zeros(len(drop), bool)
+    for cls in pd.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        budget = int(np.floor(len(members) * max_fraction + 1e-9))
+        wanted = members[drop[members]]
+        keep[wanted[np.argsort(severity[wanted], kind="stable")][:budget]] = True
+    return keep
+
+
+def check_classes(actions: pd.DataFrame, schema: Schema) -> None:
+    """Correction may not empty a class nor leave a single label."""
+    left = actions.loc[actions["action"] != "drop", "new_label"].astype(str)
+    if left.nunique() < 2:
+        raise StageError("correct: after correction all training labels are identical; nothing left to learn.")
+    counts = left.value_counts()
+    for cls in schema.classes:
+        if counts.get(str(cls), 0) == 0:
+            had = actions[actions["original_label"].astype(str) == str(cls)]["action"].value_counts()
+            raise StageError(
+                f"correct: class {cls!r} would be left with no training rows ({had.get('drop', 0)} dropped, "
+                f"{had.get('relabel', 0)} relabelled away); lower correct.max_drop_fraction or keep its issues."
+            )
 
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
@@ -44,30 +126,45 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     if not (root / ISSUES).exists():
         raise StageError(f"{root / ISSUES} is missing: run the audit stage first (dvc repro).")
     issues = pd.read_parquet(root / ISSUES)
+    if "split" in issues.columns:
+        issues = issues[issues["split"] == "train"].reset_index(drop=True)
     if len(issues) != len(train) or not (issues[ROW_ID].to_numpy() == train[ROW_ID].to_numpy()).all():
         raise StageError(f"{ISSUES} does not match the training split row for row; re-run the audit.")
     c = params.correct
-    drop = plan_drops(issues, c.max_drop_fraction) if c.label_issue == "drop" else np.zeros(len(train), bool)
-    kept = train[~drop].copy()
-    kept["weight"] = 1.0
-    if kept[schema.label].nunique() < 2:
-        raise StageError("correct: after correction all training labels are identical; nothing left to learn.")
+    actions = plan(issues, c).assign(original_label=train[schema.label].to_numpy())
+    check_classes(actions, schema)
+    kept = train[(actions["action"] != "drop").to_numpy()].copy()
+    kept_actions = actions[actions["action"] != "drop"]
+    new_labels = pd.Series(kept_actions["new_label"].to_numpy(), index=kept.index)
+    kept[schema.label] = new_labels.astype(train[schema.label].dtype)
+    kept["weight"] = kept_actions["weight"].to_numpy()
+    changed = actions["action"] != "keep"
     changes = pd.DataFrame(
         {
-            ROW_ID: train.loc[drop, ROW_ID].to_numpy(),
-            "original_label": train.loc[drop, schema.label].to_numpy(),
-            "action": "drop",
-            "reason": "label_issue",
-            "label_quality": issues.loc[drop, "label_quality"].to_numpy(),
+            ROW_ID: train.loc[changed, ROW_ID].to_numpy(),
+            "original_label": actions.loc[changed, "original_label"].to_numpy(),
+            "new_label": actions.loc[changed, "new_label"].to_numpy(),
+            "action": actions.loc[changed, "action"].to_numpy(),
+            "reason": actions.loc[changed, "reason"].to_numpy(),
+            "label_quality": issues.loc[changed, "label_quality"].to_numpy(),
+            "weight": actions.loc[changed, "weight"].to_numpy(),
         }
     )
-    dropped = changes["original_label"].value_counts()
+    by_class = pd.crosstab(actions["original_label"].astype(str), actions["action"])
+    count = lambda cls, act: int(by_class.at[str(cls), act]) if act in by_class.columns else 0  # noqa: E731
+    reasons = actions["reason"].str.split(",").explode().value_counts()
     metrics = {
         "rows_in": len(train),
         "rows_out": len(kept),
-        "dropped": int(drop.sum()),
-        "flagged_kept": int((issues["is_label_issue"].to_numpy() & ~drop).sum()),
-        "dropped_per_class": {str(k): int(dropped.get(k, 0)) for k in schema.classes},
+        "dropped": int((actions["action"] == "drop").sum()),
+        "flagged_kept": int((issues["is_label_issue"].to_numpy() & (actions["action"] == "keep").to_numpy()).sum()),
+        "dropped_per_class": {str(k): count(k, "drop") for k in schema.classes},
+        "relabelled": int((actions["action"] == "relabel").sum()),
+        "weighted": int((actions["action"] == "weight").sum()),
+        "actions_per_class": {
+            str(k): {a: count(k, a) for a in ("keep", "drop", "relabel", "weight")} for k in schema.classes
+        },
+        "flagged_per_reason": {str(r): int(n) for r, n in reasons.items() if r},
     }
     with tracking.stage_run("correct", params, ("correct",), root), Outputs(root) as out:
         folder = out.dir(OUT)

@@ -35,16 +35,60 @@ def _load(source: str, label: str, key: str) -> pd.DataFrame:
     return frame
 
 
+def encode_for_sklearn(features: pd.DataFrame) -> np.ndarray:
+    """Numeric as is, categoricals as ordinal codes (tree models handle them well)."""
+    out = features.copy()
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].astype("category").cat.codes
+    return out.to_numpy(dtype=np.float64)
+
+
+def confusion_noise(
+    frame: pd.DataFrame, rate: float, seed: int = 0, label: str = "label"
+) -> tuple[pd.Series, np.ndarray]:
+    """Flip ``rate`` of the labels towards the classes a clean model confuses each class with.
+
+    Returns (noisy labels, flipped mask). The flip target of a class is drawn
+    from the off-diagonal row of a cross-validated confusion matrix of a quick
+    model on the clean labels (uniform where that row is empty).
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import confusion_matrix
+    from sklearn.model_selection import cross_val_predict
+
+    rng = np.random.default_rng(seed)
+    X = encode_for_sklearn(frame.drop(columns=[label]))
+    classes = np.array(sorted(frame[label].unique()))
+    y = np.searchsorted(classes, frame[label].to_numpy())
+    pred = cross_val_predict(HistGradientBoostingClassifier(max_iter=50, random_state=seed), X, y, cv=3)
+    conf = confusion_matrix(y, pred, labels=np.arange(len(classes))).astype(float) + 1e-3
+    np.fill_diagonal(conf, 0.0)
+    conf /= conf.sum(axis=1, keepdims=True)
+    flip = rng.random(len(y)) < rate
+    noisy = y.copy()
+    for i in np.flatnonzero(flip):
+        noisy[i] = rng.choice(len(classes), p=conf[y[i]])
+    return pd.Series(classes[noisy], index=frame.index, name=label), flip
+
+
 def inject_noise(train: pd.DataFrame, label: str, noise: NoiseParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Flip a ``rate`` share of labels uniformly to another class; returns (noisy, truth)."""
+    """Flip a ``rate`` share of labels to another class (uniformly, or confusable); returns (noisy, truth)."""
     rng = np.random.default_rng(noise.seed)
     labels = train[label]
     classes = np.array(sorted(labels.dropna().unique().tolist()), dtype=object)
-    flip = (rng.random(len(train)) < noise.rate) & labels.notna().to_numpy() & (len(classes) > 1)
     noisy = labels.astype(object).to_numpy().copy()
-    for i in np.flatnonzero(flip):
-        others = classes[classes != noisy[i]]
-        noisy[i] = others[rng.integers(len(others))]
+    if noise.kind == "confusable" and len(classes) > 1:
+        known = labels.notna().to_numpy()
+        flipped, flip_known = confusion_noise(train[known].drop(columns=[ROW_ID]), noise.rate, noise.seed, label)
+        noisy[known] = flipped.to_numpy()
+        flip = np.zeros(len(train), dtype=bool)
+        flip[known] = flip_known
+    else:
+        flip = (rng.random(len(train)) < noise.rate) & labels.notna().to_numpy() & (len(classes) > 1)
+        for i in np.flatnonzero(flip):
+            others = classes[classes != noisy[i]]
+            noisy[i] = others[rng.integers(len(others))]
     out = train.copy()
     out[label] = pd.Series(noisy, index=train.index).astype(labels.dtype)
     truth = pd.DataFrame(

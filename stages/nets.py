@@ -119,8 +119,12 @@ def fit(
     val: Table | None = None,
     patience: int | None = None,
     progress: str | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """AdamW + cosine schedule; with ``val``, early stopping on validation NLL, best weights restored."""
+    """AdamW + cosine schedule; with ``val``, early stopping on validation NLL, best weights restored.
+
+    ``on_epoch(epoch)`` runs after each epoch (training dynamics, e.g. EL2N).
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -151,6 +155,8 @@ def fit(
             if row["val_nll"] < best[0] - 1e-6:
                 best = (row["val_nll"], epoch, copy.deepcopy(model.state_dict()))
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch)
         if show:
             extra = f" val_nll {row['val_nll']:.4f}" if val is not None else ""
             print(f"\r{progress}: epoch {epoch}/{epochs} loss {row['train_loss']:.4f}{extra}", end="", file=sys.stderr)

@@ -1,0 +1,114 @@
+"""Correct: strategies per issue type, guards, and bad input that stops with nothing overwritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import correct
+from stages.config import parse_params
+from stages.contract import StageError, dumps
+
+
+def issues_for(labels: list[str], predicted: list[str], top_prob: list[float], **columns) -> pd.DataFrame:
+    """An audit table for training rows: ``columns`` are extra flag / score columns."""
+    n = len(labels)
+    frame = pd.DataFrame(
+        {
+            "row_id": np.arange(n),
+            "split": "train",
+            "given_label": labels,
+            "predicted_label": predicted,
+            "label_quality": np.linspace(0.1, 0.9, n),
+            "is_label_issue": False,
+            **columns,
+        }
+    )
+    frame["prob_0"] = top_prob
+    frame["prob_1"] = 1.0 - np.asarray(top_prob)
+    return frame
+
+
+def write_inputs(root: Path, issues: pd.DataFrame, classes: list[str]) -> None:
+    folder = root / "data/validated"
+    folder.mkdir(parents=True)
+    train = pd.DataFrame(
+        {"row_id": issues["row_id"], "label": issues["given_label"], "x": np.arange(len(issues), dtype=float)}
+    )
+    train.to_parquet(folder / "train.parquet", index=False)
+    schema = {"label": "label", "numeric": ["x"], "categorical": [], "classes": classes}
+    (folder / "schema.json").write_text(dumps(schema))
+    (root / correct.ISSUES).parent.mkdir(parents=True)
+    test_rows = issues.head(1).assign(split="test")  # the audit's table holds every split
+    pd.concat([issues, test_rows]).to_parquet(root / correct.ISSUES, index=False)
+
+
+def test_strategies_per_issue_type():
+    issues = issues_for(
+        ["a", "a", "a", "b", "b", "b"],
+        ["b", "b", "a", "b", "a", "b"],
+        [0.95, 0.5, 0.9, 0.9, 0.9, 0.9],
+        is_outlier_issue=[False, False, True, False, False, False],
+        outlier_score=[1.0, 1.0, 0.02, 1.0, 1.0, 1.0],
+        is_leakage_issue=[False, False, False, False, False, True],
+        leakage_score=[1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    )
+    issues["is_label_issue"] = [True, True, False, False, True, False]
+    c = parse_params({"correct": {"label_issue": "relabel", "relabel_threshold": 0.8, "relabel_fallback": "weight",
+                                  "outlier": "weight", "leakage": "drop", "max_drop_fraction": 0.5}}).correct
+    plan = correct.plan(issues, c)
+    assert plan["action"].tolist() == ["relabel", "weight", "weight", "keep", "relabel", "drop"]
+    assert plan.at[0, "new_label"] == "b" and plan.at[4, "new_label"] == "a"
+    assert plan.at[1, "weight"] == pytest.approx(issues.at[1, "label_quality"])  # below threshold: weighted
+    assert plan.at[2, "weight"] == pytest.approx(c.min_weight)  # outlier score 0.02, floored
+    assert plan.at[5, "reason"] == "leakage" and plan.at[3, "reason"] == ""
+
+
+def test_drop_guard_caps_each_class_worst_first():
+    issues = issues_for(["a"] * 10 + ["b"] * 4, ["b"] * 14, [0.9] * 14)
+    issues["is_label_issue"] = True
+    c = parse_params({"correct": {"label_issue": "drop", "max_drop_fraction": 0.3, "leakage": "keep"}}).correct
+    plan = correct.plan(issues, c)
+    dropped = plan.index[plan["action"] == "drop"].tolist()
+    assert dropped == [0, 1, 2, 10]  # floor(0.3 * 10) = 3 of a, floor(0.3 * 4) = 1 of b, lowest quality first
+
+
+def test_run_records_every_change(tmp_path):
+    issues = issues_for(["a", "a", "a", "b", "b", "b"], ["b", "a", "a", "b", "b", "a"], [0.9] * 6)
+    issues["is_label_issue"] = [True, False, False, False, False, True]
+    write_inputs(tmp_path, issues, ["a", "b"])
+    settings = {"label_issue": "relabel", "relabel_threshold": 0.8, "leakage": "keep"}
+    metrics = correct.run(parse_params({"correct": settings}), tmp_path)
+    out = pd.read_parquet(tmp_path / "data/corrected/train.parquet")
+    assert out["label"].tolist() == ["b", "a", "a", "b", "b", "a"] and (out["weight"] == 1.0).all()
+    changes = pd.read_parquet(tmp_path / "data/corrected/changes.parquet")
+    assert changes[["row_id", "original_label", "new_label", "action", "reason"]].values.tolist() == [
+        [0, "a", "b", "relabel", "label"],
+        [5, "b", "a", "relabel", "label"],
+    ]
+    assert metrics["relabelled"] == 2 and metrics["actions_per_class"]["a"]["relabel"] == 1
+
+
+@pytest.mark.parametrize(
+    "labels, settings, message",
+    [
+        (["a", "a", "b", "b"], {"label_issue": "relabel"}, "all training labels are identical"),
+        (["a", "a", "b", "b", "c", "c"], {"label_issue": "drop", "max_drop_fraction": 1.0},
+         "class 'c' would be left with no training rows"),
+        (["a", "a", "b", "c"], {"outlier": "drop"}, "correct.outlier: 'drop' needs the audit's outlier"),
+    ],
+)
+def test_bad_corrections_stop_and_keep_outputs(tmp_path, labels, settings, message):
+    """Flagged: every row of the last class, confidently predicted as 'a'."""
+    issues = issues_for(labels, ["a"] * len(labels), [0.95] * len(labels))
+    issues["is_label_issue"] = np.array(labels) == labels[-1]
+    write_inputs(tmp_path, issues, sorted(set(labels)))
+    previous = tmp_path / "data/corrected/train.parquet"
+    previous.parent.mkdir(parents=True)
+    previous.write_text("previous")
+    with pytest.raises(StageError, match=message):
+        correct.run(parse_params({"correct": {"leakage": "keep", **settings}}), tmp_path)
+    assert previous.read_text() == "previous"
