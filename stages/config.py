@@ -106,7 +106,7 @@ ResampleMethod = Literal[
 
 
 class ResampleParams(Section):
-    method: ResampleMethod = "random_over"
+    method: ResampleMethod = "temperature"
     sampling_strategy: str | float | dict[str, int] = "auto"
     k_neighbors: int = Field(5, ge=1)
     """Neighbours the SMOTE family interpolates between (each resampled class needs one more row)."""
@@ -127,6 +127,7 @@ class ResampleParams(Section):
 
 
 class TrainParams(FitParams):
+    epochs: int = Field(20, ge=1)
     patience: int = Field(10, ge=1)
     monitor: Literal["macro_f1", "nll"] = "macro_f1"
     """Early stopping watches this on the calibration split; the best epoch is kept."""
@@ -138,7 +139,7 @@ class TrainParams(FitParams):
     categorical: Literal["embedding", "onehot"] = "embedding"
     embedding_dim: int = Field(8, ge=1)
     """Width of a categorical column's embedding (at most its number of categories)."""
-    loss: Literal["ce", "label_smoothing", "gce", "sce", "elr"] = "ce"
+    loss: Literal["ce", "label_smoothing", "gce", "sce", "elr"] = "elr"
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     gce_q: float = Field(0.7, gt=0.0, le=1.0)
     sce_alpha: float = Field(0.1, ge=0.0)
@@ -147,7 +148,7 @@ class TrainParams(FitParams):
     elr_beta: float = Field(0.7, ge=0.0, lt=1.0)
     mixup: float = Field(0.0, ge=0.0)
     """Mixup's Beta(a, a) parameter; 0 switches mixup off."""
-    prior_correction: bool = False
+    prior_correction: bool = True
     """Add log(true class priors / training priors) to the teacher's logits when predicting."""
 
 

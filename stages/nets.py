@@ -87,7 +87,7 @@ class MLP(nn.Module):
     def inputs(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         """The first layer's input row: numeric columns beside the encoded categoricals (mixup mixes these)."""
         if self.embeddings:
-            parts = [num] + [emb(cat[:, j]).to(num.dtype) for j, emb in enumerate(self.embeddings)]
+            parts = [num] + [emb(cat[:, j]) for j, emb in enumerate(self.embeddings)]
         else:
             parts = [num] + [F.one_hot(cat[:, j], k).to(num.dtype) for j, k in enumerate(self.cardinalities)]
         return torch.cat(parts, dim=1) if len(parts) > 1 else num
@@ -244,10 +244,10 @@ def fit(
     best: tuple[tuple[float, ...], int, Any] = ((-math.inf,), 0, None)
     show = progress is not None and sys.stderr.isatty()
     for epoch in range(1, epochs + 1):
+        tic = time.perf_counter()
         if on_epoch is not None:
             on_epoch(epoch)
         model.train()
-        tic = time.perf_counter()
         order = (sampler(epoch, gen) if sampler else torch.randperm(len(train), generator=gen)).to(device)
         total, seen = torch.zeros((), device=device), 0
         for start in range(0, len(order), batch_size):

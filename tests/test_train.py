@@ -42,7 +42,7 @@ def _train(root, resample_kw=None, **train_kw):
 
 
 def test_train_writes_teacher_curve_and_metrics(workspace):
-    metrics = _train(workspace, loss="elr", mixup=0.2)
+    metrics = _train(workspace, {"method": "random_over"}, loss="elr", mixup=0.2, prior_correction=False)
     curve = pd.read_csv(workspace / "plots/train_curve.csv")
     assert list(curve.columns) == ["epoch", "train_loss", "lr", "val_nll", "val_accuracy", "val_macro_f1"]
     assert metrics["epochs_run"] == len(curve) and metrics["rows_per_second"] > 0
@@ -50,7 +50,7 @@ def test_train_writes_teacher_curve_and_metrics(workspace):
     assert len(model.embeddings) == 1 and encoder.numeric_transform == "standard"
     assert ckpt["priors"] == pytest.approx([180 / 270, 60 / 270, 30 / 270])
     assert ckpt["training_priors"] == pytest.approx([1 / 3] * 3)  # random_over balanced the classes
-    assert not model.logit_adjustment.any()  # prior_correction is off by default
+    assert not model.logit_adjustment.any()  # prior_correction is off
 
 
 def test_train_is_deterministic(workspace):
@@ -62,7 +62,7 @@ def test_train_is_deterministic(workspace):
 
 
 def test_prior_correction_adds_log_prior_ratio_to_the_logits(workspace):
-    _train(workspace, prior_correction=True, categorical="onehot")
+    _train(workspace, {"method": "random_over"}, prior_correction=True, categorical="onehot")
     model, _, ckpt = load_model(workspace / "models/teacher.pt")
     expected = np.log(ckpt["priors"]) - np.log(ckpt["training_priors"])
     assert np.allclose(model.logit_adjustment.numpy(), expected, atol=1e-6) and expected[0] > 0 > expected[2]
