@@ -41,31 +41,28 @@ def _train(root, resample_kw=None, **train_kw):
     return train.run(params, root)
 
 
-def test_train_writes_teacher_curve_and_metrics(workspace):
-    metrics = _train(workspace, {"method": "random_over"}, loss="elr", mixup=0.2, prior_correction=False)
+def test_train_writes_teacher_curve_and_prior_corrected_checkpoint(workspace):
+    metrics = _train(workspace, {"method": "random_over"}, loss="elr", mixup=0.2, categorical="onehot",
+                     prior_correction=True)
     curve = pd.read_csv(workspace / "plots/train_curve.csv")
     assert list(curve.columns) == ["epoch", "train_loss", "lr", "val_nll", "val_accuracy", "val_macro_f1"]
     assert metrics["epochs_run"] == len(curve) and metrics["rows_per_second"] > 0
-    model, encoder, ckpt = load_model(workspace / "models/teacher.pt")
-    assert len(model.embeddings) == 1 and encoder.numeric_transform == "standard"
+    model, _, ckpt = load_model(workspace / "models/teacher.pt")
+    assert len(model.embeddings) == 0 and model.arch["embedding_dim"] == 0
     assert ckpt["priors"] == pytest.approx([180 / 270, 60 / 270, 30 / 270])
     assert ckpt["training_priors"] == pytest.approx([1 / 3] * 3)  # random_over balanced the classes
-    assert not model.logit_adjustment.any()  # prior_correction is off
+    expected = np.log(ckpt["priors"]) - np.log(ckpt["training_priors"])
+    assert np.allclose(model.logit_adjustment.numpy(), expected, atol=1e-6) and expected[0] > 0 > expected[2]
 
 
 def test_train_is_deterministic(workspace):
-    a = _train(workspace, loss="gce", numeric_transform="quantile")
-    w1 = load_model(workspace / "models/teacher.pt")[0].state_dict()
-    b = _train(workspace, loss="gce", numeric_transform="quantile")
-    w2 = load_model(workspace / "models/teacher.pt")[0].state_dict()
-    assert a["calib"] == b["calib"] and all(torch.equal(w1[k], w2[k]) for k in w1)
-
-
-def test_prior_correction_adds_log_prior_ratio_to_the_logits(workspace):
-    _train(workspace, {"method": "random_over"}, prior_correction=True, categorical="onehot")
-    model, _, ckpt = load_model(workspace / "models/teacher.pt")
-    expected = np.log(ckpt["priors"]) - np.log(ckpt["training_priors"])
-    assert np.allclose(model.logit_adjustment.numpy(), expected, atol=1e-6) and expected[0] > 0 > expected[2]
+    a = _train(workspace, loss="gce", numeric_transform="quantile", prior_correction=False)
+    model, encoder, _ = load_model(workspace / "models/teacher.pt")
+    b = _train(workspace, loss="gce", numeric_transform="quantile", prior_correction=False)
+    again = load_model(workspace / "models/teacher.pt")[0].state_dict()
+    assert a["calib"] == b["calib"] and all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
+    assert len(model.embeddings) == 1 and encoder.numeric_transform == "quantile"
+    assert not model.logit_adjustment.any()  # prior_correction off
 
 
 def test_temperature_sampling_records_the_class_mix_it_trained_with(workspace):
