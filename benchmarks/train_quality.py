@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -105,6 +106,16 @@ def peers(train: pd.DataFrame, test: pd.DataFrame, classes: np.ndarray, seed: in
     }
 
 
+def own_tracking() -> None:
+    """Let the next stage track into its own root's MLflow store.
+
+    ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``, which tamis
+    then takes for the user's server: a second workspace in the same process
+    would log into the first one's database.
+    """
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 class Workspace:
     """One label set's pipeline up to the audit, run once; correct -> resample -> train per variant."""
 
@@ -123,6 +134,7 @@ class Workspace:
         )
         params = self.params([])
         for stage in (ingest, validate, audit):
+            own_tracking()
             stage.run(params, folder)
 
     def params(self, overrides: list[str]):
@@ -138,6 +150,7 @@ class Workspace:
         params = self.params(overrides)
         start = time.perf_counter()
         for stage in (correct, resample, train):
+            own_tracking()
             stage.run(params, self.root)
         wall = time.perf_counter() - start
         model, encoder, _ = load_model(self.root / "models/teacher.pt")

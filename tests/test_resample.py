@@ -102,8 +102,9 @@ def test_bad_strategy_names_the_param():
         resample.resample(long_tail(), SCHEMA, ResampleParams(method="random_under", sampling_strategy=5.0), 0)
 
 
-def test_stage_resamples_the_train_split_only(tmp_path):
+def test_stage_resamples_the_train_split_only(tmp_path, monkeypatch):
     """Calib and test are read by later stages from data/validated and never pass through resample."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # track into tmp_path (mlflow exports the variable)
     full = mixed_table(600)
     full.insert(0, ROW_ID, np.arange(len(full)))
     full["color"] = full["color"].astype("string")

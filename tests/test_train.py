@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import numpy as np
@@ -36,6 +37,7 @@ def workspace(tmp_path_factory):
 
 
 def _train(root, resample_kw=None, **train_kw):
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow exports it; track into this root, not an earlier test's
     params = parse_params({"resample": resample_kw or {}, "train": {**FAST, **train_kw}})
     resample.run(params, root)
     return train.run(params, root)
