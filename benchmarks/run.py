@@ -14,7 +14,6 @@ import datetime as dt
 import importlib
 import json
 import sys
-from pathlib import Path
 
 from benchmarks.common import ROOT, machine
 

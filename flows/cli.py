@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from stages import tracking
 from stages.contract import BAD_INPUT_EXIT, StageError
 
 DEFAULT_CRON = "0 2 * * *"
@@ -27,7 +28,7 @@ def _absolute_paths(overrides: list[str]) -> list[str]:
 def _summary(result: dict, repo: Path) -> str:
     ev, pr = result["evaluate"], result["promote"]
     ran = [s["stage"] for s in result["stages"] if s["executed"]]
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo / 'mlflow.db'}"
+    uri = tracking.tracking_uri(repo)
     return "\n".join(
         [
             "",

@@ -164,15 +164,67 @@ class CorrectParams(Section):
     """weight: a flagged row's loss weight is its score for the issue, at least this."""
 
 
+ResampleMethod = Literal[
+    "none",
+    "random_over",
+    "smote",
+    "smotenc",
+    "adasyn",
+    "borderline_smote",
+    "random_under",
+    "tomek_links",
+    "smote_tomek",
+    "inverse_frequency",
+    "effective_number",
+    "temperature",
+]
+
+
 class ResampleParams(Section):
-    method: Literal["none", "random_over"] = "random_over"
+    method: ResampleMethod = "temperature"
     sampling_strategy: str | float | dict[str, int] = "auto"
+    k_neighbors: int = Field(5, ge=1)
+    """Neighbours the SMOTE family interpolates between (each resampled class needs one more row)."""
+    beta: float = Field(0.999, ge=0.0, lt=1.0)
+    """Effective number of samples (Cui et al.): (1 - beta^n) / (1 - beta)."""
+    temperature_start: float = Field(5.0, ge=1.0)
+    """Temperature sampling: class probability ~ n_c^(1/T), T cooled from start to end over the epochs."""
+    temperature_end: float = Field(1.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _cooldown_lowers_the_temperature(self) -> "ResampleParams":
+        if self.temperature_end > self.temperature_start:
+            raise ValueError(
+                f"temperature_end {self.temperature_end:g} must not exceed temperature_start "
+                f"{self.temperature_start:g} (the cooldown lowers T)"
+            )
+        return self
 
 
 class TrainParams(FitParams):
+    epochs: int = Field(20, ge=1)
     patience: int = Field(10, ge=1)
-    loss: Literal["ce", "label_smoothing"] = "ce"
+    monitor: Literal["macro_f1", "nll"] = "macro_f1"
+    """Early stopping watches this on the calibration split; the best epoch is kept."""
+    warmup: float = Field(0.05, ge=0.0, lt=1.0)
+    """Share of the steps with a linear learning-rate warmup before the cosine decay."""
+    grad_clip: float = Field(5.0, ge=0.0)
+    """Largest gradient norm (0: no clipping)."""
+    numeric_transform: Literal["standard", "quantile"] = "standard"
+    categorical: Literal["embedding", "onehot"] = "embedding"
+    embedding_dim: int = Field(8, ge=1)
+    """Width of a categorical column's embedding (at most its number of categories)."""
+    loss: Literal["ce", "label_smoothing", "gce", "sce", "elr"] = "elr"
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    gce_q: float = Field(0.7, gt=0.0, le=1.0)
+    sce_alpha: float = Field(0.1, ge=0.0)
+    sce_beta: float = Field(1.0, ge=0.0)
+    elr_lambda: float = Field(3.0, ge=0.0)
+    elr_beta: float = Field(0.7, ge=0.0, lt=1.0)
+    mixup: float = Field(0.0, ge=0.0)
+    """Mixup's Beta(a, a) parameter; 0 switches mixup off."""
+    prior_correction: bool = True
+    """Add log(true class priors / training priors) to the teacher's logits when predicting."""
 
 
 class CalibrateParams(Section):

@@ -128,6 +128,9 @@ def is_categorical_dtype(series: pd.Series) -> bool:
 class Encoder:
     """Numeric columns standardised (nulls to the train median), categories to codes.
 
+    With ``numeric_transform="quantile"`` numeric columns go through a quantile
+    map to a standard normal instead (robust to skew and outliers); the map is
+    kept as plain lists so the encoder stays JSON for serving.
     Category code 0 is kept for values unseen in training, so a new category at
     prediction time is no crash. Fitted on training rows only.
     """
@@ -139,12 +142,20 @@ class Encoder:
     scale: list[float] = field(default_factory=list)
     fill: list[float] = field(default_factory=list)
     categories: dict[str, list[str]] = field(default_factory=dict)
+    numeric_transform: str = "standard"
+    quantiles: list[list[float]] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, schema: Schema) -> "Encoder":
+    def fit(cls, frame: pd.DataFrame, schema: Schema, numeric_transform: str = "standard") -> "Encoder":
         num = frame[schema.numeric].to_numpy(dtype=np.float64) if schema.numeric else np.zeros((len(frame), 0))
         fill = np.nan_to_num(np.nanmedian(num, axis=0)) if len(num) else np.zeros(num.shape[1])
         num = np.where(np.isnan(num), fill, num)
+        quantiles: list[list[float]] = []
+        if numeric_transform == "quantile" and num.shape[1]:
+            from sklearn.preprocessing import QuantileTransformer
+
+            qt = QuantileTransformer(n_quantiles=min(1000, len(num)), random_state=0).fit(num)
+            quantiles = qt.quantiles_.T.tolist()
         center = num.mean(axis=0) if len(num) else np.zeros(num.shape[1])
         scale = num.std(axis=0) if len(num) else np.ones(num.shape[1])
         scale = np.where(scale > 1e-12, scale, 1.0)
@@ -159,6 +170,8 @@ class Encoder:
             scale=scale.tolist(),
             fill=fill.tolist(),
             categories=categories,
+            numeric_transform=numeric_transform,
+            quantiles=quantiles,
         )
 
     @property
@@ -174,7 +187,11 @@ class Encoder:
         if self.numeric:
             num = frame[self.numeric].to_numpy(dtype=np.float64)
             num = np.where(np.isnan(num), np.asarray(self.fill), num)
-            num = ((num - np.asarray(self.center)) / np.asarray(self.scale)).astype(np.float32)
+            if self.numeric_transform == "quantile":
+                num = np.column_stack([quantile_normal(num[:, j], q) for j, q in enumerate(self.quantiles)])
+            else:
+                num = (num - np.asarray(self.center)) / np.asarray(self.scale)
+            num = num.astype(np.float32)
         else:
             num = np.zeros((len(frame), 0), dtype=np.float32)
         cat = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
@@ -199,6 +216,23 @@ class Encoder:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Encoder":
         return cls(**d)
+
+
+def quantile_normal(x: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """scikit-learn's QuantileTransformer(output_distribution="normal") for one column, from its quantiles.
+
+    Interpolating up and down and averaging puts tied values (repeated
+    quantiles) in the middle of their interval, as scikit-learn does inside the
+    range; unlike scikit-learn, a tie at the minimum or maximum gets the same
+    treatment instead of the extreme. The clip keeps the tails finite.
+    """
+    from scipy.special import ndtri
+
+    q = np.asarray(quantiles)
+    ref = np.linspace(0.0, 1.0, len(q))
+    u = 0.5 * (np.interp(x, q, ref) - np.interp(-x, -q[::-1], -ref[::-1]))
+    eps = 1e-7 - np.spacing(1)
+    return ndtri(np.clip(u, eps, 1.0 - eps))
 
 
 def _key(value: Any) -> str:

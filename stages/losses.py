@@ -39,3 +39,52 @@ def kd_loss(
     p_teacher = F.softmax(teacher_logits / t, dim=1)
     kl = (p_teacher * (F.log_softmax(teacher_logits / t, dim=1) - F.log_softmax(student_logits / t, dim=1))).sum(1)
     return weighted_mean(kl, weight) * t * t
+
+
+def generalized_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None, q: float = 0.7
+) -> torch.Tensor:
+    """GCE (Zhang & Sabuncu): (1 - p_y^q) / q, between CE (q -> 0) and the noise-robust MAE (q = 1)."""
+    p_y = F.softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+    return weighted_mean((1.0 - p_y.clamp_min(1e-12) ** q) / q, weight)
+
+
+def symmetric_cross_entropy(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    alpha: float = 0.1,
+    beta: float = 1.0,
+    log_zero: float = -4.0,
+) -> torch.Tensor:
+    """SCE (Wang et al.): alpha * CE + beta * reverse CE, log 0 taken as ``log_zero``.
+
+    The reverse term -sum_k p_k log onehot_k equals -log_zero * (1 - p_y): bounded, so a wrong label cannot dominate.
+    """
+    logits = logits.float()
+    ce = F.cross_entropy(logits, y, reduction="none")
+    rce = -log_zero * (1.0 - F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1))
+    return weighted_mean(alpha * ce + beta * rce, weight)
+
+
+def elr_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    lam: float = 3.0,
+) -> torch.Tensor:
+    """ELR (Liu et al.): CE + lam * log(1 - <p, t>), t a running average of the model's own predictions per row.
+
+    Early in training the model fits the clean labels first; keeping its
+    predictions close to that early consensus stops it memorising the wrong ones.
+    """
+    logits = logits.float()
+    p = F.softmax(logits, dim=1).clamp(1e-4, 1.0 - 1e-4)
+    reg = torch.log(1.0 - (p * target).sum(dim=1))
+    return weighted_mean(F.cross_entropy(logits, y, reduction="none") + lam * reg, weight)
+
+
+def running_average(old: torch.Tensor, new: torch.Tensor, beta: float) -> torch.Tensor:
+    """ELR's target update: beta * old + (1 - beta) * new (new normalised to sum to 1)."""
+    return beta * old + (1.0 - beta) * new / new.sum(dim=1, keepdim=True)

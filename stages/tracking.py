@@ -23,9 +23,20 @@ STAGE_TAG = "tamis.stage"
 EXECUTED_TAG = "tamis.executed"
 
 
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; the URIs set here are
+# remembered so that a default is never mistaken for the user's own setting
+_DEFAULTS_SET: set[str] = set()
+
+
+def user_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` when the user set it (not when tamis's default put it there)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri and uri not in _DEFAULTS_SET else None
+
+
 def tracking_uri(root: str | Path = ".") -> str:
     """``MLFLOW_TRACKING_URI`` when set, else a SQLite file in the repository."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return user_tracking_uri() or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 def experiment_id(name: str, root: str | Path = ".") -> str:
@@ -36,13 +47,15 @@ def experiment_id(name: str, root: str | Path = ".") -> str:
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(root))
+    default = user_tracking_uri() is None
+    uri = tracking_uri(root)
+    if default:
+        _DEFAULTS_SET.add(uri)
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        location = (Path(root).resolve() / "mlartifacts").as_uri()
+    location = (Path(root).resolve() / "mlartifacts").as_uri() if default else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 

@@ -56,4 +56,4 @@ def test_write_params_keeps_comments_and_checks_first(tmp_path):
     params = write_params(tmp_path, ["train.epochs=7"])
     written = (tmp_path / "params.yaml").read_text()
     assert params.train.epochs == 7 and "epochs: 7" in written
-    assert "# early stopping on the calibration split" in written
+    assert "# early stopping: epochs without a better train.monitor" in written

@@ -100,3 +100,147 @@ def test_temperature_scaling_recovers_the_true_temperature():
     y = np.array([rng.choice(5, p=p) for p in probs])
     t, converged = fit_temperature(true_logits * 3.0, y)  # logits 3x overconfident
     assert converged and t == pytest.approx(3.0, rel=0.08)
+
+
+# --- robust losses, schedule, sampler, embeddings, prior adjustment ---------------------------------
+
+from stages.losses import (  # noqa: E402
+    elr_loss,
+    generalized_cross_entropy,
+    running_average,
+    symmetric_cross_entropy,
+)
+from stages.nets import TemperatureSampler, macro_f1, warmup_cosine  # noqa: E402
+
+LOSSES = {
+    "ce": lambda z, y, w: cross_entropy(z, y, w),
+    "label_smoothing": lambda z, y, w: cross_entropy(z, y, w, 0.1),
+    "gce": lambda z, y, w: generalized_cross_entropy(z, y, w, 0.7),
+    "sce": lambda z, y, w: symmetric_cross_entropy(z, y, w, 0.1, 1.0),
+    "elr": lambda z, y, w: elr_loss(z, y, torch.full((len(y), 3), 1 / 3), w, 3.0),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_honours_sample_weights(name):
+    torch.manual_seed(0)
+    z, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = LOSSES[name]
+    w = torch.tensor([1.0, 2.0, 1.0, 0.0, 0.0, 0.0])
+    assert loss(z, y, w).item() == pytest.approx(loss(z[[0, 1, 1, 2]], y[[0, 1, 1, 2]], None).item(), rel=1e-5)
+    assert loss(z, y, w).item() != pytest.approx(loss(z, y, None).item(), rel=1e-3)
+
+
+def test_gce_spans_ce_and_mae_and_sce_adds_a_bounded_reverse_term():
+    z, y = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    p_y = F.softmax(z, 1)[torch.arange(8), y]
+    assert generalized_cross_entropy(z, y, q=1.0).item() == pytest.approx((1 - p_y).mean().item(), rel=1e-5)
+    assert generalized_cross_entropy(z, y, q=1e-4).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-3)
+    sce = symmetric_cross_entropy(z, y, alpha=0.5, beta=2.0)
+    assert sce.item() == pytest.approx(0.5 * F.cross_entropy(z, y).item() + 2.0 * 4.0 * (1 - p_y).mean().item(), rel=1e-5)
+
+
+def test_elr_rewards_agreement_with_the_running_target():
+    z, y = torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([0])
+    agree, disagree = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    assert elr_loss(z, y, torch.zeros(1, 3)).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-5)
+    assert elr_loss(z, y, agree) < elr_loss(z, y, disagree) < elr_loss(z, y, torch.zeros(1, 3)) + 1e-6
+    t = running_average(torch.zeros(1, 3), torch.tensor([[2.0, 1.0, 1.0]]), beta=0.7)
+    assert torch.allclose(t, torch.tensor([[0.15, 0.075, 0.075]]))
+
+
+def test_warmup_then_cosine_to_zero():
+    lrs = [warmup_cosine(s, 100, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and max(lrs) == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3
+    assert warmup_cosine(0, 10, 0.0) == pytest.approx(1.0)
+
+
+def test_macro_f1_matches_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 5, 200), rng.integers(0, 4, 200)  # class 4 never predicted
+    expected = f1_score(y, pred, labels=range(6), average="macro", zero_division=0)
+    assert macro_f1(torch.tensor(pred), torch.tensor(y), 6) == pytest.approx(expected)
+
+
+def test_temperature_sampler_cools_from_near_uniform_to_the_data_mix():
+    y = np.repeat([0, 1, 2], [800, 160, 40])
+    sampler = TemperatureSampler(y, 3, start=20.0, end=1.0, epochs=5)
+    assert np.allclose(sampler.class_probs(5), [0.8, 0.16, 0.04])
+    first = np.bincount(y[sampler(1, torch.Generator().manual_seed(0)).numpy()], minlength=3) / len(y)
+    assert np.allclose(first, sampler.class_probs(1), atol=0.04) and first.min() > 0.25
+    assert torch.equal(sampler(3, torch.Generator().manual_seed(1)), sampler(3, torch.Generator().manual_seed(1)))
+
+
+def _with_categories(seed):
+    num, _, y = _blobs(seed=seed)
+    return num, np.stack([y % 2, (y + 1) % 3], 1), y
+
+
+def _fit_every_option(seed):
+    """Embeddings, ELR with per-row targets, mixup, temperature sampling, macro-F1 early stopping."""
+    num, cat, y = _with_categories(0)
+    train, val = Table.of(num, cat, y), Table.of(*_with_categories(1))
+    torch.manual_seed(seed)
+    model = MLP(2, [2, 3], 3, [16], 0.1, embedding_dim=4)
+    targets = torch.full((len(train), 3), 1 / 3)
+    result = fit(model, train, lambda z, b: elr_loss(z, b.y, targets[b.index], b.weight), epochs=6, batch_size=32,
+                 lr=1e-2, weight_decay=0.0, seed=seed, val=val, patience=10, monitor="macro_f1", mixup=0.4,
+                 sampler=TemperatureSampler(y, 3, 3.0, 1.0, 6))
+    return model, result
+
+
+def test_fit_with_every_option_is_deterministic_and_keeps_the_best_macro_f1():
+    (m1, r1), (m2, r2) = _fit_every_option(0), _fit_every_option(0)
+    assert r1.history == r2.history
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    best = max(r1.history, key=lambda r: (r["val_macro_f1"], -r["val_nll"]))
+    assert r1.best_epoch == best["epoch"] and best["val_accuracy"] > 0.6
+
+
+def test_embeddings_learn_per_category_and_export_to_onnx(tmp_path):
+    from stages.compress import Calibrated, export_onnx
+    from stages.serving import Predictor
+
+    model = MLP(2, [3, 5], 4, [8], 0.0, embedding_dim=4).eval()
+    assert [e.embedding_dim for e in model.embeddings] == [3, 4]  # at most the category count
+    model.logit_adjustment.copy_(torch.tensor([0.5, -0.5, 0.0, 1.0]))
+    num = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    cat = np.stack([np.arange(20) % 3, np.arange(20) % 5], 1).astype(np.int64)
+    out = model(torch.as_tensor(num), torch.as_tensor(cat))
+    assert not torch.allclose(out[0], model(torch.as_tensor(num[:1]), torch.tensor([[1, 0]]))[0])
+    export_onnx(Calibrated(model, 1.5), num, cat, tmp_path / "m.onnx")
+    enc = Encoder(numeric=["a", "b"], categorical=["c", "d"], classes=[0, 1, 2, 3])
+    probs = Predictor(tmp_path / "m.onnx", {"encoder": enc.to_dict()}).proba_encoded(num, cat)
+    assert np.abs(probs - torch.softmax(out / 1.5, 1).detach().numpy()).max() < 1e-5
+
+
+def test_prior_adjustment_travels_in_the_checkpoint(tmp_path):
+    model = MLP(2, [3], 3, [8], 0.0, embedding_dim=2).eval()
+    num, cat = torch.randn(4, 2), torch.randint(0, 3, (4, 1))
+    plain = model(num, cat)
+    model.logit_adjustment.copy_(torch.log(torch.tensor([0.7, 0.2, 0.1])))
+    save_model(tmp_path / "m.pt", model, Encoder(numeric=["a", "b"], categorical=["c"], classes=[0, 1, 2]))
+    loaded, _, _ = load_model(tmp_path / "m.pt")
+    assert torch.allclose(logits_of(loaded, Table.of(num, cat, [0] * 4)), plain + torch.log(torch.tensor([0.7, 0.2, 0.1])))
+
+
+def test_quantile_encoder_matches_scikit_learn_and_stays_json(tmp_path):
+    import json
+
+    import pandas as pd
+    from sklearn.preprocessing import QuantileTransformer
+
+    from stages.data import Schema
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.exponential(size=400), "b": rng.lognormal(size=400), "label": 0})
+    enc = Encoder.fit(frame, Schema("label", ["a", "b"], [], [0]), numeric_transform="quantile")
+    enc = Encoder.from_dict(json.loads(json.dumps(enc.to_dict())))
+    probe = pd.DataFrame({"a": [-1.0, 0.3, 2.0, 50.0], "b": [0.5, 1.0, 3.0, -2.0]})
+    qt = QuantileTransformer(n_quantiles=400, output_distribution="normal", random_state=0).fit(frame[["a", "b"]])
+    assert np.allclose(enc.transform(probe)[0], qt.transform(probe), atol=1e-5)
+    assert np.allclose(enc.transform(frame)[0], qt.transform(frame[["a", "b"]]), atol=1e-5)

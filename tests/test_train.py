@@ -1,0 +1,95 @@
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import mixed_table, run_stage
+
+from stages import resample, train
+from stages.config import parse_params
+from stages.data import ROW_ID, Schema
+from stages.nets import load_model
+
+SCHEMA = Schema(label="label", numeric=["x1", "x2"], categorical=["color"], classes=["c0", "c1", "c2"])
+FAST = {"epochs": 4, "hidden": [32, 16], "patience": 2, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """data/validated and data/corrected as the stages before resample write them: a 6:2:1 training split."""
+    root = tmp_path_factory.mktemp("ws")
+    full = mixed_table(900)
+    full.insert(0, ROW_ID, np.arange(len(full)))
+    full["color"] = full["color"].astype("string")
+    (root / "data/validated").mkdir(parents=True)
+    (root / "data/corrected").mkdir(parents=True)
+    calib = full.iloc[600:]
+    calib.to_parquet(root / "data/validated/calib.parquet", index=False)
+    (root / "data/validated/schema.json").write_text(json.dumps(SCHEMA.save_dict()))
+    rest = full.iloc[:600]
+    sizes = {"c0": 180, "c1": 60, "c2": 30}
+    train_split = pd.concat([rest[rest["label"] == c].iloc[:n] for c, n in sizes.items()])
+    train_split.assign(weight=1.0).to_parquet(root / "data/corrected/train.parquet", index=False)
+    return root
+
+
+def _train(root, resample_kw=None, **train_kw):
+    params = parse_params({"resample": resample_kw or {}, "train": {**FAST, **train_kw}})
+    resample.run(params, root)
+    return train.run(params, root)
+
+
+def test_train_writes_teacher_curve_and_prior_corrected_checkpoint(workspace):
+    metrics = _train(workspace, {"method": "random_over"}, loss="elr", mixup=0.2, categorical="onehot",
+                     prior_correction=True)
+    curve = pd.read_csv(workspace / "plots/train_curve.csv")
+    assert list(curve.columns) == ["epoch", "train_loss", "lr", "val_nll", "val_accuracy", "val_macro_f1"]
+    assert metrics["epochs_run"] == len(curve) and metrics["rows_per_second"] > 0
+    model, _, ckpt = load_model(workspace / "models/teacher.pt")
+    assert len(model.embeddings) == 0 and model.arch["embedding_dim"] == 0
+    assert ckpt["priors"] == pytest.approx([180 / 270, 60 / 270, 30 / 270])
+    assert ckpt["training_priors"] == pytest.approx([1 / 3] * 3)  # random_over balanced the classes
+    expected = np.log(ckpt["priors"]) - np.log(ckpt["training_priors"])
+    assert np.allclose(model.logit_adjustment.numpy(), expected, atol=1e-6) and expected[0] > 0 > expected[2]
+
+
+def test_train_is_deterministic(workspace):
+    a = _train(workspace, loss="gce", numeric_transform="quantile", prior_correction=False)
+    model, encoder, _ = load_model(workspace / "models/teacher.pt")
+    b = _train(workspace, loss="gce", numeric_transform="quantile", prior_correction=False)
+    again = load_model(workspace / "models/teacher.pt")[0].state_dict()
+    assert a["calib"] == b["calib"] and all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
+    assert len(model.embeddings) == 1 and encoder.numeric_transform == "quantile"
+    assert not model.logit_adjustment.any()  # prior_correction off
+
+
+def test_temperature_sampling_records_the_class_mix_it_trained_with(workspace):
+    _train(workspace, {"method": "temperature", "temperature_start": 4.0, "temperature_end": 1.0}, epochs=3,
+           patience=5, prior_correction=True)
+    model, _, ckpt = load_model(workspace / "models/teacher.pt")
+    out = pd.read_parquet(workspace / "data/resampled/train.parquet")
+    assert len(out) == 270 and not out["synthetic"].any()  # rows pass through; the loop samples
+    best = pd.read_csv(workspace / "plots/train_curve.csv")["val_macro_f1"].idxmax() + 1
+    t = 4.0 + (1.0 - 4.0) * (best - 1) / 2
+    mix = np.array([180, 60, 30]) ** (1 / t)
+    assert ckpt["training_priors"] == pytest.approx(mix / mix.sum(), rel=1e-4)
+
+
+# With CUDA present the device is fine, and the stage stops at its first missing input instead.
+NO_CUDA = r"device: 'cuda' was asked for but torch sees no CUDA device" if not torch.cuda.is_available() else "missing"
+
+
+@pytest.mark.parametrize(
+    "params_text, message",
+    [
+        ("train:\n  loss: focal\n", r"train\.loss: Input should be 'ce', 'label_smoothing', 'gce', 'sce' or 'elr'"),
+        ("device: cuda\n", NO_CUDA),
+    ],
+)
+def test_bad_train_params_stop_with_one_line_naming_the_param(tmp_path, params_text, message):
+    (tmp_path / "params.yaml").write_text(params_text)
+    proc = run_stage(tmp_path, "train")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr
