@@ -181,7 +181,14 @@ def _quiet():
 
 
 def export_onnx(model: nn.Module, num: np.ndarray, cat: np.ndarray, path: Path) -> None:
-    """Dynamo export with a dynamic batch dimension; a model without categoricals has one input."""
+    """Dynamo export with a dynamic batch dimension; a model without categoricals has one input.
+
+    The exporter's debugging notes (each node's FX source and stack, the
+    intermediate shapes) are dropped: in a small model they outweigh the
+    weights, and nothing at run time reads them.
+    """
+    import onnx
+
     args = (torch.as_tensor(num[:8]),) + ((torch.as_tensor(cat[:8]),) if cat.shape[1] else ())
     names = ["num", "cat"][: len(args)]
     batch = torch.export.Dim("batch")
@@ -203,6 +210,12 @@ def export_onnx(model: nn.Module, num: np.ndarray, cat: np.ndarray, path: Path) 
             )
     finally:
         exporter.setLevel(level)
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.graph.value_info[:]
+    onnx.save(proto, str(path))
 
 
 def quantize(kind: str, src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
