@@ -91,11 +91,11 @@ class Exported(nn.Module):
 
 def smooth_scales(model: MLP, num: np.ndarray, alpha: float) -> np.ndarray:
     """Per numeric column: max|x|^alpha / max|w|^(1 - alpha) (1 where either is 0, or alpha is 0: no smoothing)."""
+    if alpha == 0:
+        return np.ones(num.shape[1])
     first = next(m for m in model.body if isinstance(m, nn.Linear))
     w = first.weight.detach().abs().max(dim=0).values[: num.shape[1]].cpu().numpy().astype(np.float64)
     x = np.abs(num).max(axis=0).astype(np.float64) if len(num) else np.zeros(num.shape[1])
-    if alpha == 0:
-        return np.ones(num.shape[1])
     ok = (x > 0) & (w > 0)
     return np.where(ok, np.maximum(x, 1e-12) ** alpha / np.maximum(w, 1e-12) ** (1 - alpha), 1.0)
 
@@ -123,7 +123,7 @@ def prune(model: MLP, ratio: float, table: Table) -> MLP:
         for h in hooks:
             h.remove()
     keeps = []
-    for layer, idx in enumerate(linears):
+    for layer in range(len(linears)):
         nxt = model.body[linears[layer + 1]] if layer + 1 < len(linears) else model.head
         importance = totals[layer] / len(table) * nxt.weight.norm(dim=0)
         width = max(1, int(round(len(importance) * (1.0 - ratio))))
