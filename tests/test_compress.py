@@ -26,6 +26,21 @@ def test_pruning_removes_the_units_nothing_listens_to():
     assert torch.equal(small.head.weight, model.head.weight[:, 0::2])
 
 
+def test_smoothing_the_inputs_leaves_the_function_unchanged():
+    torch.manual_seed(0)
+    model = MLP(3, [4], 3, [8], 0.0).eval()
+    num = torch.randn(16, 3) * torch.tensor([1.0, 30.0, 0.1])
+    cat = torch.randint(0, 4, (16, 1))
+    cal = {"method": "vector", "on": "logits", "scale": [1.2, 0.8, 1.0], "bias": [0.1, 0.0, -0.1]}
+    smooth = compress.smooth_scales(model, num.numpy(), 0.5)
+    assert not np.allclose(smooth, 1.0)
+    logits, probs = compress.Exported(model, cal, smooth)(num, cat)
+    with torch.no_grad():
+        assert torch.allclose(logits, model(num, cat), atol=1e-5)
+        assert torch.allclose(probs, calibrate.Calibration(cal)(model(num, cat)), atol=1e-6)
+    assert np.array_equal(compress.smooth_scales(model, num.numpy(), 0.0), np.ones(3))
+
+
 def test_pruning_everything_is_a_config_error_naming_the_param():
     with pytest.raises(ConfigError, match=r"compress.prune_ratios: each ratio must be in \(0, 1\)"):
         parse_params({"compress": {"prune_ratios": [0.5, 1.0]}})
