@@ -103,7 +103,7 @@ class TrainParams(FitParams):
 class CalibrateParams(Section):
     method: Literal["auto", "temperature", "vector", "matrix", "dirichlet", "isotonic", "histogram"] = "auto"
     """``auto`` picks the method with the lowest cross-validated NLL on the calib split."""
-    max_iter: int = Field(200, ge=1)
+    max_iter: int = Field(500, ge=1)
     folds: int = Field(5, ge=2)
     odir: float = Field(1.0, ge=0.0)
     """Off-diagonal and intercept L2 penalty of matrix / Dirichlet scaling."""
