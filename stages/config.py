@@ -228,20 +228,54 @@ class TrainParams(FitParams):
 
 
 class CalibrateParams(Section):
-    method: Literal["temperature"] = "temperature"
-    max_iter: int = Field(200, ge=1)
+    method: Literal["auto", "temperature", "vector", "matrix", "dirichlet", "isotonic", "histogram"] = "auto"
+    """``auto`` picks the method with the lowest cross-validated NLL on the calib split."""
+    max_iter: int = Field(500, ge=1)
+    folds: int = Field(5, ge=2)
+    odir: float = Field(1.0, ge=0.0)
+    """Off-diagonal and intercept L2 penalty of matrix / Dirichlet scaling."""
+    histogram_bins: int = Field(15, ge=2)
+    bootstrap: int = Field(200, ge=0)
+    """Bootstrap resamples for the 95% intervals of the calibration metrics (0: none)."""
 
 
 class DistillParams(FitParams):
     hidden: list[int] = Field(default_factory=lambda: [64], min_length=1)
     patience: int = Field(10, ge=1)
+    loss: Literal["kd", "dkd", "nkd"] = "kd"
     temperature: float = Field(4.0, gt=0.0)
     alpha: float = Field(0.7, ge=0.0, le=1.0)
+    dkd_alpha: float = Field(1.0, ge=0.0)
+    dkd_beta: float = Field(8.0, ge=0.0)
+    nkd_gamma: float = Field(1.5, ge=0.0)
+    calibration: Literal["auto", "temperature", "vector", "matrix", "dirichlet"] = "auto"
+    """The student's own calibration: parametric only, so it is baked into the ONNX graph."""
 
 
 class CompressParams(Section):
-    quantize: Literal["int8_dynamic", "none"] = "int8_dynamic"
+    quantize: list[Literal["int8_dynamic", "int8_static"]] = Field(
+        default_factory=lambda: ["int8_dynamic", "int8_static"]
+    )
+    prune_ratios: list[float] = Field(default_factory=lambda: [0.5])
+    """Share of every hidden layer's units removed; each must be in (0, 1)."""
+    finetune_epochs: int = Field(20, ge=1)
+    quant_rows: int = Field(1024, ge=16)
+    smooth_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    """SmoothQuant migration strength: how much of the inputs' range moves into the first layer's weights."""
     parity_atol: float = Field(1e-4, gt=0.0)
+    max_f1_drop: float = Field(0.01, ge=0.0)
+    max_ece_rise: float = Field(0.01, ge=0.0)
+    max_class_recall_drop: float = Field(0.03, ge=0.0)
+    recall_rows: int = Field(1, ge=0)
+    """A class's recall may always drop by this many of its calib rows (the split cannot resolve less)."""
+    threads: int = Field(1, ge=1)
+
+    @field_validator("prune_ratios")
+    @classmethod
+    def _ratios_leave_units(cls, ratios: list[float]) -> list[float]:
+        if any(not 0.0 < r < 1.0 for r in ratios):
+            raise ValueError("each ratio must be in (0, 1): 1.0 would remove every hidden unit")
+        return ratios
 
 
 class EvaluateParams(Section):

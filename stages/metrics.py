@@ -1,30 +1,77 @@
 """Classification and calibration metrics as pure functions of (probs, labels).
 
 ECE uses 15 equal-width confidence bins by default, the setting most papers
-report, so numbers here compare with the literature.
+report, so numbers here compare with the literature; adaptive (equal-mass)
+ECE, classwise ECE and MCE are beside it because equal-width bins at high
+confidence hold most rows and hide what the other bins do.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 
-def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error of the top-1 confidence, equal-width bins."""
-    probs, y = np.asarray(probs), np.asarray(y)
-    if len(y) == 0:
-        return float("nan")
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+def _bins(score: np.ndarray, bins: int, equal_mass: bool = False) -> np.ndarray:
+    """Bin index per row: equal-width bins on [0, 1], or equal-mass bins (same row count each)."""
+    if equal_mass:
+        return np.minimum(np.argsort(np.argsort(score, kind="stable"), kind="stable") * bins // len(score), bins - 1)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
+    return np.clip(np.digitize(score, edges[1:-1], right=True), 0, bins - 1)
+
+
+def _gaps(score: np.ndarray, hit: np.ndarray, bins: int, equal_mass: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(share of rows, |mean hit - mean score|) per non-empty bin."""
+    which = _bins(score, bins, equal_mass)
+    share, gap = [], []
     for b in range(bins):
         mask = which == b
         if mask.any():
-            total += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(total)
+            share.append(mask.mean())
+            gap.append(abs(hit[mask].mean() - score[mask].mean()))
+    return np.array(share), np.array(gap)
+
+
+def _top1(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs, y = np.asarray(probs), np.asarray(y)
+    return probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
+
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of the top-1 confidence, equal-width bins."""
+    if len(y) == 0:
+        return float("nan")
+    share, gap = _gaps(*_top1(probs, y), bins)
+    return float((share * gap).sum())
+
+
+def adaptive_ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-mass bins: every bin holds the same number of rows, so none is nearly empty."""
+    if len(y) == 0:
+        return float("nan")
+    share, gap = _gaps(*_top1(probs, y), bins, equal_mass=True)
+    return float((share * gap).sum())
+
+
+def mce(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Maximum calibration error: the worst equal-width bin's gap."""
+    if len(y) == 0:
+        return float("nan")
+    return float(_gaps(*_top1(probs, y), bins)[1].max())
+
+
+def classwise_ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Mean over classes of the ECE of p(class k) against 1[y = k] (every probability, not just the top one)."""
+    probs, y = np.asarray(probs), np.asarray(y)
+    if len(y) == 0:
+        return float("nan")
+    per_class = []
+    for k in range(probs.shape[1]):
+        share, gap = _gaps(probs[:, k], (y == k).astype(np.float64), bins)
+        per_class.append((share * gap).sum())
+    return float(np.mean(per_class))
 
 
 def nll(probs: np.ndarray, y: np.ndarray, eps: float = 1e-12) -> float:
@@ -45,12 +92,50 @@ def classification(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str
     labels = np.arange(probs.shape[1])
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(probs, y),
         "ece": ece(probs, y, bins),
         "nll": nll(probs, y),
         "brier": brier(probs, y),
         "per_class_recall": recall_score(y, pred, labels=labels, average=None, zero_division=0).tolist(),
     }
+
+
+def macro_f1(probs: np.ndarray, y: np.ndarray) -> float:
+    probs = np.asarray(probs)
+    return float(f1_score(y, probs.argmax(axis=1), labels=np.arange(probs.shape[1]), average="macro", zero_division=0))
+
+
+CALIBRATION_METRICS = {
+    "ece": ece,
+    "adaptive_ece": adaptive_ece,
+    "classwise_ece": classwise_ece,
+    "mce": mce,
+    "nll": lambda p, y, bins: nll(p, y),
+    "brier": lambda p, y, bins: brier(p, y),
+}
+
+
+def calibration(probs: np.ndarray, y: np.ndarray, bins: int = 15, resamples: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Every calibration metric; with ``resamples`` > 0 also a 95% bootstrap interval for each."""
+    probs, y = np.asarray(probs), np.asarray(y)
+    out: dict[str, Any] = {name: fn(probs, y, bins) for name, fn in CALIBRATION_METRICS.items()}
+    if resamples:
+        out["ci95"] = {
+            name: bootstrap_ci(lambda p, t, fn=fn: fn(p, t, bins), probs, y, resamples, seed)
+            for name, fn in CALIBRATION_METRICS.items()
+        }
+    return out
+
+
+def bootstrap_ci(
+    metric, probs: np.ndarray, y: np.ndarray, resamples: int = 200, seed: int = 0, level: float = 0.95
+) -> list[float]:
+    """Percentile bootstrap interval [low, high] of ``metric(probs, y)`` over rows drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    values = [metric(probs[idx], y[idx]) for idx in (rng.integers(0, n, n) for _ in range(resamples))]
+    tail = (1.0 - level) / 2 * 100
+    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

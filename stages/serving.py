@@ -47,6 +47,10 @@ class Predictor:
     def proba_encoded(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
         return self.session.run(["probs"], self.feeds(num, cat))[0]
 
+    def logits_encoded(self, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
+        """The uncalibrated logits (the graph's first output)."""
+        return self.session.run(["logits"], self.feeds(num, cat))[0]
+
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return self.proba_encoded(*self.encoder.transform(frame))
 

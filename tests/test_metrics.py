@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stages.metrics import brier, classification, ece, nll, softmax
+from stages.metrics import adaptive_ece, brier, calibration, classification, classwise_ece, ece, mce, nll, softmax
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():
@@ -41,3 +41,37 @@ def test_softmax_temperature_keeps_argmax_and_softens():
     assert hot.argmax() == cool.argmax() == 0
     assert hot.max() > softmax(z).max() > cool.max()
     assert np.allclose(cool.sum(1), 1.0)
+
+
+def test_adaptive_ece_uses_equal_mass_bins():
+    # 4 rows at 0.6 (half right), 4 at 0.9 (all right): one equal-width bin of 2 hides both gaps
+    probs = np.array([[0.6, 0.4]] * 4 + [[0.9, 0.1]] * 4)
+    y = np.array([0, 0, 1, 1, 0, 0, 0, 0])
+    assert ece(probs, y, bins=2) == pytest.approx(0.0)
+    assert adaptive_ece(probs, y, bins=2) == pytest.approx(0.1)
+
+
+def test_mce_is_the_worst_bin():
+    probs = np.array([[0.6, 0.4]] * 4 + [[0.9, 0.1]] * 4)
+    y = np.array([0, 1, 1, 1, 0, 0, 0, 0])  # 25% right at 0.6, all right at 0.9
+    assert mce(probs, y) == pytest.approx(0.35)
+    assert ece(probs, y) == pytest.approx((0.35 + 0.1) / 2)
+
+
+def test_classwise_ece_scores_every_class():
+    probs = np.tile([0.7, 0.2, 0.1], (10, 1))
+    assert classwise_ece(probs, np.array([0] * 7 + [1] * 2 + [2])) == pytest.approx(0.0)
+    # all class 0: class 0 under by 0.3, class 1 over by 0.2, class 2 over by 0.1
+    assert classwise_ece(probs, np.zeros(10, dtype=int)) == pytest.approx((0.3 + 0.2 + 0.1) / 3)
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=300)
+    y = rng.integers(0, 3, 300)
+    report = calibration(probs, y, resamples=100, seed=1)
+    for name in ("ece", "adaptive_ece", "classwise_ece", "mce", "nll", "brier"):
+        low, high = report["ci95"][name]
+        assert low <= report[name] <= high and low < high
+    assert calibration(probs, y, resamples=100, seed=1)["ci95"] == report["ci95"]
+    assert "ci95" not in calibration(probs, y)

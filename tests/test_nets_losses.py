@@ -202,7 +202,7 @@ def test_fit_with_every_option_is_deterministic_and_keeps_the_best_macro_f1():
 
 
 def test_embeddings_learn_per_category_and_export_to_onnx(tmp_path):
-    from stages.compress import Calibrated, export_onnx
+    from stages.compress import Exported, export_onnx
     from stages.serving import Predictor
 
     model = MLP(2, [3, 5], 4, [8], 0.0, embedding_dim=4).eval()
@@ -212,7 +212,8 @@ def test_embeddings_learn_per_category_and_export_to_onnx(tmp_path):
     cat = np.stack([np.arange(20) % 3, np.arange(20) % 5], 1).astype(np.int64)
     out = model(torch.as_tensor(num), torch.as_tensor(cat))
     assert not torch.allclose(out[0], model(torch.as_tensor(num[:1]), torch.tensor([[1, 0]]))[0])
-    export_onnx(Calibrated(model, 1.5), num, cat, tmp_path / "m.onnx")
+    cal = {"method": "temperature", "on": "logits", "scale": 1 / 1.5, "bias": [0.0] * 4}
+    export_onnx(Exported(model, cal, np.ones(2)), num, cat, tmp_path / "m.onnx")
     enc = Encoder(numeric=["a", "b"], categorical=["c", "d"], classes=[0, 1, 2, 3])
     probs = Predictor(tmp_path / "m.onnx", {"encoder": enc.to_dict()}).proba_encoded(num, cat)
     assert np.abs(probs - torch.softmax(out / 1.5, 1).detach().numpy()).max() < 1e-5

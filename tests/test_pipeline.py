@@ -42,7 +42,7 @@ def flow_runs(tmp_path_factory, prefect_api):
 
         first = retrain(repo=str(repo), overrides=FAST + ["data.inject_noise.rate=0.15"])
         second = retrain(repo=str(repo))
-        third = retrain(repo=str(repo), overrides=["calibrate.max_iter=150"])
+        third = retrain(repo=str(repo), overrides=["calibrate.bootstrap=100"])
         yield repo, first, second, third
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -144,7 +144,7 @@ def test_calibration_change_reruns_only_calibrate_and_after(flow_runs):
 
 def test_dvc_repro_reruns_only_calibrate_and_after(flow_runs, tmp_path):
     repo = flow_runs[0]
-    set_params(repo, "calibrate.max_iter=120")
+    set_params(repo, "calibrate.bootstrap=120")
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", "repro"], cwd=repo, capture_output=True, text=True, timeout=600
     )
@@ -181,7 +181,8 @@ def test_champion_moves_only_for_a_model_at_least_as_good(flow_runs, mlflow_clie
     torch.manual_seed(1)
     for p in student.parameters():
         p.data = torch.randn_like(p) * 0.01  # an untrained student: near chance
-    save_model(repo / "models/student.pt", student, encoder, temperature=1.0)
+    identity = {"method": "temperature", "on": "logits", "scale": 1.0, "bias": [0.0] * 10}
+    save_model(repo / "models/student.pt", student, encoder, calibration=identity)
     compress.run(params, repo)
     worse = promote.run(params, repo)
     assert worse["registered"] and worse["challenger_macro_f1"] < worse["champion_macro_f1"]
