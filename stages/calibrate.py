@@ -37,11 +37,10 @@ from torch import nn
 from stages import tracking
 from stages.config import CalibrateParams, Params
 from stages.contract import Outputs, StageError, stage_main
-from stages.data import read_split
+from stages.data import read_calib
 from stages.metrics import calibration, classification, ece, softmax
 from stages.nets import Table, load_model, logits_of
 
-VALIDATED = Path("data/validated")
 TEACHER = Path("models/teacher.pt")
 OUT = Path("models/calibration.json")
 METRICS = Path("metrics/calibrate.json")
@@ -239,7 +238,7 @@ def choose(
 def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray]:
     """Teacher logits and class indices on the calibration split."""
     model, encoder, _ = load_model(root / TEACHER)
-    calib = read_split(root / VALIDATED, "calib")
+    calib = read_calib(root)
     y = encoder.labels(calib[params.data.label], "calib split")
     missing = sorted(set(range(len(encoder.classes))) - set(y.tolist()))
     if missing:

@@ -45,13 +45,12 @@ from torch import nn
 from stages import calibrate, tracking
 from stages.config import CompressParams, Params
 from stages.contract import Outputs, StageError, read_json, stage_main
-from stages.data import read_split
+from stages.data import read_calib, read_split
 from stages.losses import cross_entropy, kd_loss
 from stages.metrics import classification
 from stages.nets import MLP, Table, fit, load_model, logits_of, param_count, resolve_device, seed_everything
 from stages.serving import Predictor
 
-VALIDATED = Path("data/validated")
 RESAMPLED = Path("data/resampled")
 STUDENT = Path("models/student.pt")
 TEACHER = Path("models/teacher.pt")
@@ -399,7 +398,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     teacher, _, _ = load_model(root / TEACHER)
     teacher_cal = read_json(root / CALIBRATION)
     label = params.data.label
-    calib = read_split(root / VALIDATED, "calib")
+    calib = read_calib(root)
     train = read_split(root / RESAMPLED, "train")
     num, cat = encoder.transform(calib)
     y = encoder.labels(calib[label], "calib split")

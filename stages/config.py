@@ -162,6 +162,11 @@ class CorrectParams(Section):
     """What relabel does with a flagged row whose predicted label is below the threshold."""
     min_weight: float = Field(0.05, gt=0.0, le=1.0)
     """weight: a flagged row's loss weight is its score for the issue, at least this."""
+    calib_label_issue: Literal["keep", "drop"] = "drop"
+    """Calibration rows the audit flags as mislabelled: drop them from the split that early stopping,
+    calibration and the compression gate score on (a noisy label there teaches under-confidence)."""
+    calib_max_drop_fraction: float = Field(0.2, ge=0.0, le=0.5)
+    """Never drop more than this share of any one class of the calibration split."""
 
 
 ResampleMethod = Literal[
@@ -240,7 +245,7 @@ class CalibrateParams(Section):
 
 
 class DistillParams(FitParams):
-    hidden: list[int] = Field(default_factory=lambda: [64], min_length=1)
+    hidden: list[int] = Field(default_factory=lambda: [96], min_length=1)
     patience: int = Field(10, ge=1)
     loss: Literal["kd", "dkd", "nkd"] = "kd"
     temperature: float = Field(4.0, gt=0.0)

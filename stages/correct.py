@@ -18,6 +18,13 @@ first; the rest fall back to their next action), and a class left with no rows
 or a training set left with one label is an error, with nothing written.
 Every changed row is listed in ``data/corrected/changes.parquet`` with its
 original label, new label, action and reasons.
+
+The calibration split is written to ``data/corrected/calib.parquet`` without
+the rows the audit flags as mislabelled (``correct.calib_label_issue``, at
+most ``correct.calib_max_drop_fraction`` of a class, least trusted first):
+early stopping, calibration and the compression gate score on it, and a
+wrong label there pulls every fitted temperature towards under-confidence.
+Its labels are never changed; the test split is never touched.
 """
 
 from __future__ import annotations
@@ -119,18 +126,38 @@ def check_classes(actions: pd.DataFrame, schema: Schema) -> None:
             )
 
 
+def issues_of(all_issues: pd.DataFrame, split: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """The audit's rows of one split, checked to match that split row for row."""
+    issues = all_issues
+    if "split" in issues.columns:
+        issues = issues[issues["split"] == split].reset_index(drop=True)
+    if len(issues) != len(rows) or not (issues[ROW_ID].to_numpy() == rows[ROW_ID].to_numpy()).all():
+        raise StageError(f"{ISSUES} does not match the {split} split row for row; re-run the audit.")
+    return issues
+
+
+def trusted_calib(calib: pd.DataFrame, all_issues: pd.DataFrame, schema: Schema, c: CorrectParams) -> pd.DataFrame:
+    """The calibration rows without the ones flagged as mislabelled (within the per-class budget)."""
+    if c.calib_label_issue == "keep" or "split" not in all_issues.columns:
+        return calib
+    issues = issues_of(all_issues, "calib", calib)
+    flagged = issues["is_label_issue"].to_numpy(bool)
+    labels = calib[schema.label].astype(str).to_numpy()
+    drop = within_budget(flagged, issues["label_quality"].to_numpy(), labels, c.calib_max_drop_fraction)
+    return calib[~drop]
+
+
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     schema = Schema.load(root / VALIDATED / "schema.json")
     train = read_split(root / VALIDATED, "train")
+    calib = read_split(root / VALIDATED, "calib")
     if not (root / ISSUES).exists():
         raise StageError(f"{root / ISSUES} is missing: run the audit stage first (dvc repro).")
-    issues = pd.read_parquet(root / ISSUES)
-    if "split" in issues.columns:
-        issues = issues[issues["split"] == "train"].reset_index(drop=True)
-    if len(issues) != len(train) or not (issues[ROW_ID].to_numpy() == train[ROW_ID].to_numpy()).all():
-        raise StageError(f"{ISSUES} does not match the training split row for row; re-run the audit.")
+    all_issues = pd.read_parquet(root / ISSUES)
+    issues = issues_of(all_issues, "train", train)
     c = params.correct
+    trusted = trusted_calib(calib, all_issues, schema, c)
     actions = plan(issues, c).assign(original_label=train[schema.label].to_numpy())
     check_classes(actions, schema)
     kept = train[(actions["action"] != "drop").to_numpy()].copy()
@@ -165,10 +192,13 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             str(k): {a: count(k, a) for a in ("keep", "drop", "relabel", "weight")} for k in schema.classes
         },
         "flagged_per_reason": {str(r): int(n) for r, n in reasons.items() if r},
+        "calib_rows_in": len(calib),
+        "calib_rows_out": len(trusted),
     }
     with tracking.stage_run("correct", params, ("correct",), root), Outputs(root) as out:
         folder = out.dir(OUT)
         kept.to_parquet(folder / "train.parquet", index=False)
+        trusted.to_parquet(folder / "calib.parquet", index=False)
         changes.to_parquet(folder / "changes.parquet", index=False)
         out.write_json(METRICS, metrics)
         tracking.log_metrics(metrics)

@@ -95,6 +95,11 @@ def read_split(folder: str | Path, split: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def read_calib(root: str | Path) -> pd.DataFrame:
+    """The calibration split as correct left it: the rows the audit trusts (see stages/correct.py)."""
+    return read_split(Path(root) / "data/corrected", "calib")
+
+
 def feature_columns(frame: pd.DataFrame, label: str) -> list[str]:
     return [c for c in frame.columns if c != label and c not in META_COLUMNS]
 

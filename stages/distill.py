@@ -26,7 +26,7 @@ import torch
 from stages import calibrate, tracking
 from stages.config import DistillParams, Params
 from stages.contract import Outputs, StageError, read_json, stage_main
-from stages.data import read_split
+from stages.data import read_calib, read_split
 from stages.losses import cross_entropy, dkd_loss, kd_loss, nkd_loss
 from stages.metrics import classification
 from stages.nets import (
@@ -42,7 +42,6 @@ from stages.nets import (
     seed_everything,
 )
 
-VALIDATED = Path("data/validated")
 RESAMPLED = Path("data/resampled")
 TEACHER = Path("models/teacher.pt")
 CALIBRATION = Path("models/calibration.json")
@@ -108,7 +107,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         )
     teacher_cal = read_json(root / CALIBRATION)
     train = read_split(root / RESAMPLED, "train")
-    calib = read_split(root / VALIDATED, "calib")
+    calib = read_calib(root)
     label = params.data.label
     train_t = Table.of(*encoder.transform(train), encoder.labels(train[label]), train.get("weight"), device=device)
     calib_t = Table.of(*encoder.transform(calib), encoder.labels(calib[label]), device=device)

@@ -26,7 +26,7 @@ import torch
 from stages import tracking
 from stages.config import Params, TrainParams
 from stages.contract import Outputs, read_json, stage_main
-from stages.data import Encoder, Schema, read_split
+from stages.data import Encoder, Schema, read_calib, read_split
 from stages.losses import cross_entropy, elr_loss, generalized_cross_entropy, running_average, symmetric_cross_entropy
 from stages.metrics import classification
 from stages.nets import (
@@ -93,7 +93,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     device = resolve_device(params.device)
     schema = Schema.load(root / VALIDATED / "schema.json")
     train = read_split(root / RESAMPLED, "train")
-    calib = read_split(root / VALIDATED, "calib")
+    calib = read_calib(root)
     true_priors = class_priors(read_json(root / RESAMPLED / "priors.json")["counts"])
     seed_everything(params.seed)
     encoder = Encoder.fit(train[~train["synthetic"]], schema, t.numeric_transform)

@@ -42,7 +42,7 @@ def set_params(root: Path, *overrides: str) -> None:
 
 
 def write_splits(root: Path, frame: pd.DataFrame, seed: int = 0) -> None:
-    """data/validated/{train,calib,test}.parquet + schema.json and data/corrected/train.parquet (as correct writes them)."""
+    """data/validated/{train,calib,test}.parquet + schema.json and data/corrected/{train,calib}.parquet (as correct writes them)."""
     rng = np.random.default_rng(seed)
     frame = frame.reset_index(drop=True)
     frame.insert(0, "row_id", np.arange(len(frame)))
@@ -58,6 +58,7 @@ def write_splits(root: Path, frame: pd.DataFrame, seed: int = 0) -> None:
     corrected = root / "data/corrected"
     corrected.mkdir(parents=True, exist_ok=True)
     frame[split == "train"].to_parquet(corrected / "train.parquet", index=False)
+    frame[split == "calib"].to_parquet(corrected / "calib.parquet", index=False)
 
 
 def built(tmp_path_factory, upto: str, frame: pd.DataFrame) -> Path:

@@ -32,18 +32,24 @@ def issues_for(labels: list[str], predicted: list[str], top_prob: list[float], *
     return frame
 
 
-def write_inputs(root: Path, issues: pd.DataFrame, classes: list[str]) -> None:
+def rows_of(issues: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"row_id": issues["row_id"], "label": issues["given_label"], "x": issues["row_id"].astype(float)})
+
+
+def write_inputs(root: Path, issues: pd.DataFrame, classes: list[str], calib: pd.DataFrame | None = None) -> None:
+    """The validated splits and the audit's table (train rows from ``issues``, calib rows from ``calib``)."""
     folder = root / "data/validated"
     folder.mkdir(parents=True)
-    train = pd.DataFrame(
-        {"row_id": issues["row_id"], "label": issues["given_label"], "x": np.arange(len(issues), dtype=float)}
-    )
-    train.to_parquet(folder / "train.parquet", index=False)
+    if calib is None:
+        calib = issues.head(2).assign(row_id=[1000, 1001])
+    calib = calib.assign(split="calib")
+    rows_of(issues).to_parquet(folder / "train.parquet", index=False)
+    rows_of(calib).to_parquet(folder / "calib.parquet", index=False)
     schema = {"label": "label", "numeric": ["x"], "categorical": [], "classes": classes}
     (folder / "schema.json").write_text(dumps(schema))
     (root / correct.ISSUES).parent.mkdir(parents=True)
-    test_rows = issues.head(1).assign(split="test")  # the audit's table holds every split
-    pd.concat([issues, test_rows]).to_parquet(root / correct.ISSUES, index=False)
+    test_rows = issues.head(1).assign(split="test", row_id=2000)  # the audit's table holds every split
+    pd.concat([issues, calib, test_rows]).to_parquet(root / correct.ISSUES, index=False)
 
 
 def test_strategies_per_issue_type():
@@ -90,6 +96,23 @@ def test_run_records_every_change(tmp_path):
         [5, "b", "a", "relabel", "label"],
     ]
     assert metrics["relabelled"] == 2 and metrics["actions_per_class"]["a"]["relabel"] == 1
+
+
+@pytest.mark.parametrize("setting, dropped", [("drop", [100, 106]), ("keep", [])])
+def test_calib_split_loses_its_flagged_rows_within_the_budget(tmp_path, setting, dropped):
+    train = issues_for(["a", "b"] * 3, ["a", "b"] * 3, [0.9] * 6)
+    labels = ["a"] * 5 + ["b"] * 5
+    calib = issues_for(labels, labels, [0.9] * 10).assign(row_id=np.arange(100, 110))
+    # three flagged in class a (budget: 20% of 5 rows = 1, the least trusted goes), one in b
+    calib["label_quality"] = [0.05, 0.3, 0.2, 0.9, 0.9, 0.9, 0.01, 0.9, 0.9, 0.9]
+    calib["is_label_issue"] = [True, True, True, False, False, False, True, False, False, False]
+    write_inputs(tmp_path, train, ["a", "b"], calib)
+    metrics = correct.run(parse_params({"correct": {"calib_label_issue": setting, "leakage": "keep"}}), tmp_path)
+    out = pd.read_parquet(tmp_path / "data/corrected/calib.parquet")
+    assert sorted(set(range(100, 110)) - set(out["row_id"])) == dropped
+    assert out["label"].tolist() == [labels[i - 100] for i in out["row_id"]]  # labels never change
+    assert metrics["calib_rows_out"] == 10 - len(dropped)
+    assert len(pd.read_parquet(tmp_path / "data/corrected/train.parquet")) == 6
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ def workspace(tmp_path_factory):
     (root / "data/corrected").mkdir(parents=True)
     calib = full.iloc[600:]
     calib.to_parquet(root / "data/validated/calib.parquet", index=False)
+    calib.to_parquet(root / "data/corrected/calib.parquet", index=False)
     (root / "data/validated/schema.json").write_text(json.dumps(SCHEMA.save_dict()))
     rest = full.iloc[:600]
     sizes = {"c0": 180, "c1": 60, "c2": 30}
