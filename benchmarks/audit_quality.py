@@ -175,11 +175,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.part != "all" and RESULTS.exists():  # keep the other part's numbers from an earlier run
         result = {**json.loads(RESULTS.read_text()), **result}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
+    print(table(result))
     return result
 
 
-def markdown(result: dict[str, Any]) -> str:
+def table(result: dict[str, Any]) -> str:
     lines = []
     if "quality" in result:
         lines += [

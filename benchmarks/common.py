@@ -26,8 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows import workspace  # noqa: E402
-from stages.ingest import confusion_noise, encode_for_sklearn  # noqa: E402,F401  (one implementation, shared with ingest)
+from flows import workspace
+from stages.ingest import confusion_noise, encode_for_sklearn
 
 
 def long_tail_sizes(n_rows: int, n_classes: int, imbalance: float) -> np.ndarray:
@@ -162,4 +162,15 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
+        "commit": _commit(),
     }
+
+
+def _commit() -> str | None:
+    """The checkout's short commit (with ``+dirty`` for uncommitted changes), so a result names the code it measured."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

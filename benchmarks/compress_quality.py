@@ -110,7 +110,8 @@ def measure(name: str, train: pd.DataFrame, test: pd.DataFrame, overrides: list[
     return row
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(result: dict[str, Any]) -> str:
+    rows = result["rows"]
     head = (
         "| dataset | shipped | gate | smaller (>=8x) | faster b1 (>=3x) | faster b256 | F1 teacher cal / shipped | "
         "ECE shipped (<=2%) | ECE floor | teacher ECE raw -> cal | overconfident |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [measure("digits", *split(digits_table()), noise, args.keep)]
     table_name = f"generated {n_rows // 1000}k"
     rows.append(measure(table_name, *split(make_table(n_rows=n_rows, seed=0)), noise, args.keep))
-    report = {"machine": machine(), "targets": TARGETS, "rows": rows}
-    print(table(rows))
+    report = {"machine": machine(), "quick": args.quick, "targets": TARGETS, "rows": rows}
+    print(table(report))
     out = ROOT / "benchmarks/results/compress_quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))

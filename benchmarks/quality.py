@@ -73,7 +73,7 @@ def peers(train: pd.DataFrame, noisy: pd.Series, test: pd.DataFrame, classes: np
     y_clean = np.searchsorted(classes, train["label"].to_numpy())
     y_noisy = np.searchsorted(classes, noisy.to_numpy())
     y_test = np.searchsorted(classes, test["label"].to_numpy())
-    hgb = lambda: HistGradientBoostingClassifier(random_state=seed)  # noqa: E731
+    hgb = lambda: HistGradientBoostingClassifier(random_state=seed)
     out: dict[str, Any] = {}
     out["HGB (noisy labels)"] = scores(hgb().fit(x_train, y_noisy).predict_proba(x_test), y_test, rarest)
     scaler = StandardScaler().fit(x_train)

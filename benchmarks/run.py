@@ -20,6 +20,9 @@ from benchmarks.common import ROOT, machine
 # (module, section title) in page order
 SECTIONS = [
     ("quality", "Quality: tamis against the usual alternatives"),
+    ("audit_quality", "Audit: label-issue detection against cleanlab's CleanLearning, and its cost"),
+    ("train_quality", "Teacher: noise-robust training and balancing against the peers, and throughput"),
+    ("compress_quality", "Shipped model: size, speed and calibration against the teacher"),
     ("machinery", "Machinery cost: stages, orchestration, re-runs"),
     ("scale", "Scale: time and memory per stage"),
     ("inference", "Inference: the shipped model against the teacher and a tree model"),
@@ -49,7 +52,9 @@ def render(quick: bool) -> str:
         parts += [f"## {title}", "", " ".join(doc[0].split()), ""]
         if len(doc) > 2:
             parts += [" ".join(doc[1].split()), ""]
-        parts += [f"Command: `python -m benchmarks.{name}{' --quick' if result.get('quick') else ''}`", ""]
+        commit = result.get("machine", {}).get("commit")
+        at = f" (measured at commit `{commit}`)" if commit else ""
+        parts += [f"Command: `python -m benchmarks.{name}{' --quick' if result.get('quick') else ''}`{at}", ""]
         parts += [module.table(result), ""]
     return "\n".join(parts)
 

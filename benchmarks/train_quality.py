@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import ROOT, confusion_noise, encode_for_sklearn, machine, make_table
+from benchmarks.common import (
+    ROOT,
+    confusion_noise,
+    encode_for_sklearn,
+    machine,
+    make_table,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_quality.json"
 NOISE, IMBALANCE, CLASSES = 0.30, 10.0, 8
@@ -277,11 +283,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "throughput": speed, "machine": {**machine(), "torch_threads": torch.get_num_threads()}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
+    print(table(result))
     return result
 
 
-def markdown(result: dict[str, Any]) -> str:
+def table(result: dict[str, Any]) -> str:
     lines = [
         f"### Teacher under {result['noise']:.0%} class-dependent noise, {result['imbalance']:g}:1 long tail "
         f"({result['rows']} training rows, {result['test_rows']} clean test rows, mean of {result['seeds']} seed(s))",

@@ -49,7 +49,15 @@ from stages.config import AuditParams, Params
 from stages.contract import Outputs, StageError, stage_main
 from stages.data import ROW_ID, SPLITS, Encoder, Schema, read_split
 from stages.losses import cross_entropy
-from stages.nets import MLP, Table, fit, logits_of, resolve_device, seed_everything
+from stages.nets import (
+    MLP,
+    Table,
+    fit,
+    logits_of,
+    resolve_device,
+    schedule,
+    seed_everything,
+)
 
 VALIDATED = Path("data/validated")
 ISSUES = Path("data/audit/issues.parquet")
@@ -94,10 +102,7 @@ def _fit_mlp(num, cat, cards, y, fit_idx, n_classes, a: AuditParams, seed, devic
         model,
         rows.rows(torch.as_tensor(fit_idx, device=rows.y.device)),
         lambda logits, b: cross_entropy(logits, b.y, b.weight),
-        epochs=a.epochs,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        weight_decay=a.weight_decay,
+        **schedule(a),
         seed=seed,
         on_epoch=snapshot,
     )

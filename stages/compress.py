@@ -48,7 +48,16 @@ from stages.contract import Outputs, StageError, read_json, stage_main
 from stages.data import read_calib, read_split
 from stages.losses import cross_entropy, kd_loss
 from stages.metrics import classification
-from stages.nets import MLP, Table, fit, load_model, logits_of, param_count, resolve_device, seed_everything
+from stages.nets import (
+    MLP,
+    Table,
+    fit,
+    load_model,
+    logits_of,
+    param_count,
+    resolve_device,
+    seed_everything,
+)
 from stages.serving import Predictor
 
 RESAMPLED = Path("data/resampled")

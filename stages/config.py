@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stages.contract import StageError
 
@@ -46,7 +53,7 @@ class DataParams(Section):
     inject_noise: NoiseParams | None = None
 
     @model_validator(mode="after")
-    def _fractions_leave_training_rows(self) -> "DataParams":
+    def _fractions_leave_training_rows(self) -> DataParams:
         carved = self.calib_size + (0.0 if self.test else self.test_size)
         if carved >= 0.9:
             raise ValueError(
@@ -73,7 +80,7 @@ class FitParams(Section):
     weight_decay: float = Field(1e-4, ge=0.0)
 
     @model_validator(mode="after")
-    def _positive_widths(self) -> "FitParams":
+    def _positive_widths(self) -> FitParams:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
         return self
@@ -197,7 +204,7 @@ class ResampleParams(Section):
     temperature_end: float = Field(1.0, ge=1.0)
 
     @model_validator(mode="after")
-    def _cooldown_lowers_the_temperature(self) -> "ResampleParams":
+    def _cooldown_lowers_the_temperature(self) -> ResampleParams:
         if self.temperature_end > self.temperature_start:
             raise ValueError(
                 f"temperature_end {self.temperature_end:g} must not exceed temperature_start "

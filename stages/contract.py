@@ -39,7 +39,7 @@ class Outputs:
         self._targets: dict[Path, Path] = {}
         self._scratch: Path | None = None
 
-    def __enter__(self) -> "Outputs":
+    def __enter__(self) -> Outputs:
         self._scratch = Path(tempfile.mkdtemp(prefix=".tamis-out-", dir=self.root))
         return self
 

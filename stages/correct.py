@@ -178,7 +178,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         }
     )
     by_class = pd.crosstab(actions["original_label"].astype(str), actions["action"])
-    count = lambda cls, act: int(by_class.at[str(cls), act]) if act in by_class.columns else 0  # noqa: E731
+    count = lambda cls, act: int(by_class.at[str(cls), act]) if act in by_class.columns else 0
     reasons = actions["reason"].str.split(",").explode().value_counts()
     metrics = {
         "rows_in": len(train),

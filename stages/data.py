@@ -121,7 +121,7 @@ class Schema:
         return asdict(self)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Schema":
+    def load(cls, path: str | Path) -> Schema:
         return cls(**read_json(path))
 
 
@@ -151,7 +151,7 @@ class Encoder:
     quantiles: list[list[float]] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, schema: Schema, numeric_transform: str = "standard") -> "Encoder":
+    def fit(cls, frame: pd.DataFrame, schema: Schema, numeric_transform: str = "standard") -> Encoder:
         num = frame[schema.numeric].to_numpy(dtype=np.float64) if schema.numeric else np.zeros((len(frame), 0))
         fill = np.nan_to_num(np.nanmedian(num, axis=0)) if len(num) else np.zeros(num.shape[1])
         num = np.where(np.isnan(num), fill, num)
@@ -219,7 +219,7 @@ class Encoder:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Encoder":
+    def from_dict(cls, d: dict[str, Any]) -> Encoder:
         return cls(**d)
 
 

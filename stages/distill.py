@@ -39,6 +39,7 @@ from stages.nets import (
     param_count,
     resolve_device,
     save_model,
+    schedule,
     seed_everything,
 )
 
@@ -79,10 +80,7 @@ def train_student(params: Params, encoder, train: Table, calib: Table, loss_fn: 
         student,
         train,
         loss_fn,
-        epochs=d.epochs,
-        batch_size=d.batch_size,
-        lr=d.lr,
-        weight_decay=d.weight_decay,
+        **schedule(d),
         seed=params.seed,
         val=calib,
         patience=d.patience,

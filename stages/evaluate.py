@@ -55,7 +55,7 @@ def trusted_test(
     test_issues = issues.loc[issues["split"] == "test", [ROW_ID, "is_label_issue"]]
     flags = test[[ROW_ID]].merge(test_issues, on=ROW_ID, how="left")
     trusted = ~flags["is_label_issue"].fillna(False).to_numpy(bool)
-    pick = lambda m: {k: m[k] for k in ("accuracy", "macro_f1", "ece")}  # noqa: E731
+    pick = lambda m: {k: m[k] for k in ("accuracy", "macro_f1", "ece")}
     return {
         "rows": len(y),
         "flagged": int((~trusted).sum()),

@@ -119,7 +119,7 @@ class Table:
     index: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, num, cat, y, weight=None, soft=None, device="cpu") -> "Table":
+    def of(cls, num, cat, y, weight=None, soft=None, device="cpu") -> Table:
         dev = torch.device(device)
         n = len(y)
         w = np.ones(n, dtype=np.float32) if weight is None else np.asarray(weight, dtype=np.float32)
@@ -135,7 +135,7 @@ class Table:
     def __len__(self) -> int:
         return len(self.y)
 
-    def rows(self, idx: torch.Tensor) -> "Table":
+    def rows(self, idx: torch.Tensor) -> Table:
         return Table(
             self.num[idx],
             self.cat[idx],
@@ -204,6 +204,11 @@ class TemperatureSampler:
     def __call__(self, epoch: int, gen: torch.Generator) -> torch.Tensor:
         per_row = (self.class_probs(epoch) / np.maximum(self.counts, 1.0))[self.y]
         return torch.multinomial(torch.as_tensor(per_row), len(self.y), replacement=True, generator=gen)
+
+
+def schedule(section: Any) -> dict[str, Any]:
+    """The ``fit`` arguments every model section of params shares (audit, train, distill)."""
+    return {k: getattr(section, k) for k in ("epochs", "batch_size", "lr", "weight_decay")}
 
 
 def fit(

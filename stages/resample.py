@@ -45,7 +45,13 @@ SMOTE_FAMILY = ("smote", "smotenc", "adasyn", "borderline_smote", "smote_tomek")
 
 def samplers(r: ResampleParams, seed: int, categorical_idx: list[int]) -> list[Any]:
     """The imbalanced-learn samplers ``resample.method`` names, applied in order."""
-    from imblearn.over_sampling import ADASYN, SMOTE, SMOTENC, BorderlineSMOTE, RandomOverSampler
+    from imblearn.over_sampling import (
+        ADASYN,
+        SMOTE,
+        SMOTENC,
+        BorderlineSMOTE,
+        RandomOverSampler,
+    )
     from imblearn.under_sampling import RandomUnderSampler, TomekLinks
 
     s, k = r.sampling_strategy, r.k_neighbors

@@ -35,7 +35,7 @@ class Predictor:
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     @classmethod
-    def load(cls, folder: str | Path, onnx_name: str | None = None, threads: int = 0) -> "Predictor":
+    def load(cls, folder: str | Path, onnx_name: str | None = None, threads: int = 0) -> Predictor:
         folder = Path(folder)
         serving = json.loads((folder / "serving.json").read_text())
         return cls(folder / (onnx_name or serving["model"]), serving, threads)

@@ -27,7 +27,13 @@ from stages import tracking
 from stages.config import Params, TrainParams
 from stages.contract import Outputs, read_json, stage_main
 from stages.data import Encoder, Schema, read_calib, read_split
-from stages.losses import cross_entropy, elr_loss, generalized_cross_entropy, running_average, symmetric_cross_entropy
+from stages.losses import (
+    cross_entropy,
+    elr_loss,
+    generalized_cross_entropy,
+    running_average,
+    symmetric_cross_entropy,
+)
 from stages.metrics import classification
 from stages.nets import (
     MLP,
@@ -39,6 +45,7 @@ from stages.nets import (
     param_count,
     resolve_device,
     save_model,
+    schedule,
     seed_everything,
 )
 
@@ -116,10 +123,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             model,
             train_t,
             loss_fn,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            lr=t.lr,
-            weight_decay=t.weight_decay,
+            **schedule(t),
             seed=params.seed,
             val=calib_t,
             patience=t.patience,

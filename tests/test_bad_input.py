@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import mixed_table, run_stage, set_params
+
 from flows import workspace
 
 KEPT = ("data/validated", "reports/validation.json", "metrics/validate.json")

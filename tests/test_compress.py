@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-
 import stage_chain
+import torch
 from conftest import mixed_table
+
 from stages import calibrate, compress
 from stages.config import CompressParams, ConfigError, parse_params
 from stages.nets import MLP, Table, load_model

@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import ConfigError, Params, apply_overrides, load_params, parse_params, read_raw
+from stages.config import (
+    ConfigError,
+    Params,
+    apply_overrides,
+    load_params,
+    parse_params,
+    read_raw,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

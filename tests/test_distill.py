@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import stage_chain
 import torch
 import torch.nn.functional as F
-
-import stage_chain
 from conftest import mixed_table
+
 from stages import calibrate, distill
 from stages.contract import StageError
 from stages.losses import dkd_loss, nkd_loss, non_target_log_softmax

@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from stages.metrics import adaptive_ece, brier, calibration, classification, classwise_ece, ece, mce, nll, softmax
+from stages.metrics import (
+    adaptive_ece,
+    brier,
+    calibration,
+    classification,
+    classwise_ece,
+    ece,
+    mce,
+    nll,
+    softmax,
+)
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():

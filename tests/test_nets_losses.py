@@ -7,7 +7,15 @@ from stages.calibrate import fit_temperature
 from stages.contract import StageError
 from stages.data import Encoder
 from stages.losses import cross_entropy, kd_loss, soft_cross_entropy
-from stages.nets import MLP, Table, fit, load_model, logits_of, resolve_device, save_model
+from stages.nets import (
+    MLP,
+    Table,
+    fit,
+    load_model,
+    logits_of,
+    resolve_device,
+    save_model,
+)
 
 
 def test_cross_entropy_matches_torch_and_honours_weights():
@@ -104,13 +112,13 @@ def test_temperature_scaling_recovers_the_true_temperature():
 
 # --- robust losses, schedule, sampler, embeddings, prior adjustment ---------------------------------
 
-from stages.losses import (  # noqa: E402
+from stages.losses import (
     elr_loss,
     generalized_cross_entropy,
     running_average,
     symmetric_cross_entropy,
 )
-from stages.nets import TemperatureSampler, macro_f1, warmup_cosine  # noqa: E402
+from stages.nets import TemperatureSampler, macro_f1, warmup_cosine
 
 LOSSES = {
     "ce": lambda z, y, w: cross_entropy(z, y, w),

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import FAST, set_params
+
 from flows import workspace
 
 pytestmark = pytest.mark.e2e
