@@ -5,6 +5,7 @@ Each benchmark module has ``main(argv) -> result`` (which also writes
 ``--only`` re-runs some and re-renders the page from the stored results of the rest.
 
     python -m benchmarks.run [--quick] [--only quality machinery ...]
+    python -m benchmarks.run --render      # only re-write BENCHMARKS.md from the stored results
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def render(quick: bool) -> str:
     parts = [
         "# Benchmarks",
         "",
-        f"Produced by `make bench` (`python -m benchmarks.run{' --quick' if quick else ''}`) on "
-        f"{dt.date.today().isoformat()}: {info['cpus']} CPU cores, no GPU (CUDA available: {info['cuda']}), "
+        f"Produced by `make bench` (`python -m benchmarks.run{' --quick' if quick else ''}`; each section names the "
+        f"command and commit that measured it), rendered on {dt.date.today().isoformat()}: {info['cpus']} CPU cores, no GPU (CUDA available: {info['cuda']}), "
         f"Python {info['python']}, torch {info['torch']}, {info['platform']}. Every comparison in a table was "
         "measured in the same run on the same machine; the machine is shared, so timings carry noise "
         "(medians are quoted).",
@@ -54,7 +55,8 @@ def render(quick: bool) -> str:
             parts += [" ".join(doc[1].split()), ""]
         commit = result.get("machine", {}).get("commit")
         at = f" (measured at commit `{commit}`)" if commit else ""
-        parts += [f"Command: `python -m benchmarks.{name}{' --quick' if result.get('quick') else ''}`{at}", ""]
+        command = result.get("command") or f"python -m benchmarks.{name}{' --quick' if result.get('quick') else ''}"
+        parts += [f"Command: `{command}`{at}", ""]
         parts += [module.table(result), ""]
     return "\n".join(parts)
 
@@ -63,9 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller, faster versions of every benchmark")
     parser.add_argument("--only", nargs="+", choices=[n for n, _ in SECTIONS], help="run only these")
+    parser.add_argument("--render", action="store_true", help="run nothing; re-write BENCHMARKS.md from the stored results")
     args = parser.parse_args(argv)
     for name, title in SECTIONS:
-        if args.only and name not in args.only:
+        if args.render or (args.only and name not in args.only):
             continue
         print(f"== {title}", flush=True)
         importlib.import_module(f"benchmarks.{name}").main(["--quick"] if args.quick else [])
