@@ -17,12 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 
-from stages import promote as promote_stage
 from stages import tracking
-from stages.config import Params, apply_overrides, load_params, parse_params, read_raw
+from stages.config import (
+    Params,
+    apply_overrides,
+    load_params,
+    load_yaml,
+    parse_params,
+    read_raw,
+)
 
 
 class StageFailed(RuntimeError):
@@ -35,7 +40,7 @@ class StageFailed(RuntimeError):
 
 def stage_names(repo: Path) -> list[str]:
     """The stages of dvc.yaml, in file order (which is DAG order)."""
-    return list((yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages", {}))
+    return list((load_yaml((repo / "dvc.yaml").read_text()) or {}).get("stages", {}))
 
 
 def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -82,14 +87,29 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
             message = said[-1].split(": ", 1)[1] if said else _last_error(proc)
             raise StageFailed(stage, message, bad_input=bool(said))
     executed = client.get_run(child).data.tags.get(tracking.EXECUTED_TAG) == "true"
+    tags = {f"dvc.dep.{path}": md5 for path, md5 in tracking.lock_hashes(stage, root).items()}
     if not executed:
-        client.set_tag(child, tracking.EXECUTED_TAG, "false")
-    for path, md5 in tracking.lock_hashes(stage, root).items():
-        client.set_tag(child, f"dvc.dep.{path}", md5)
+        tags[tracking.EXECUTED_TAG] = "false"
+    log_batch(client, child, tags=tags)
     client.set_terminated(child, "FINISHED")
     seconds = time.perf_counter() - start
     logger.info("%s: %s in %.1fs", stage, "ran" if executed else "unchanged, skipped", seconds)
     return {"stage": stage, "executed": executed, "seconds": seconds}
+
+
+def log_batch(client, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None) -> None:
+    """Params, metrics and tags in as few requests as MLflow allows (100 params per batch): one call each is slow."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    params = [Param(k, v) for k, v in (params or {}).items()]
+    for i in range(0, max(len(params), 1), 100):
+        client.log_batch(
+            run_id,
+            params=params[i : i + 100],
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()] if i == 0 else [],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()] if i == 0 else [],
+        )
 
 
 def _last_error(proc: subprocess.CompletedProcess) -> str:
@@ -100,6 +120,10 @@ def _last_error(proc: subprocess.CompletedProcess) -> str:
 
 @task(retries=1, retry_delay_seconds=5)
 def promote(repo: str, parent_run_id: str) -> dict[str, Any]:
+    from stages import (
+        promote as promote_stage,  # imported when needed: it pulls in pandas and the pyfunc model
+    )
+
     return promote_stage.run(load_params(Path(repo) / "params.yaml"), Path(repo), parent_run_id)
 
 
@@ -140,8 +164,7 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
         tags={"tamis.pipeline": "retrain", "tamis.git_commit": tracking.git_commit(root)},
     ).info.run_id
     flat = tracking.flatten_params(params.model_dump(by_alias=True, mode="json"))
-    for key, value in flat.items():
-        client.log_param(parent, key, str(value)[:6000])
+    log_batch(client, parent, params={key: str(value)[:6000] for key, value in flat.items()})
     stages = stage_names(root)
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -163,12 +186,10 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
         client.set_terminated(parent, "FAILED")
         raise
     evaluation = json.loads((root / "metrics/evaluate.json").read_text())
-    for key in ("accuracy", "macro_f1", "ece"):
-        client.log_metric(parent, key, evaluation[key])
-    client.log_metric(parent, "wall_seconds", time.perf_counter() - start)
-    client.log_metric(parent, "seconds.promote", promote_seconds)
-    for r in results:
-        client.log_metric(parent, f"seconds.{r['stage']}", r["seconds"])
+    metrics = {key: evaluation[key] for key in ("accuracy", "macro_f1", "ece")}
+    metrics.update({"wall_seconds": time.perf_counter() - start, "seconds.promote": promote_seconds})
+    metrics.update({f"seconds.{r['stage']}": r["seconds"] for r in results})
+    log_batch(client, parent, metrics=metrics)
     for report in ("reports/model_card.md", "dvc.lock"):
         if (root / report).exists():
             client.log_artifact(parent, str(root / report))

@@ -325,6 +325,11 @@ class Params(Section):
         return self.model_dump(by_alias=True, mode="json")[name]
 
 
+def load_yaml(text: str) -> Any:
+    """Safe YAML through libyaml's C loader when PyYAML has it: dvc.lock is read once per stage by the flow."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
@@ -350,7 +355,7 @@ def read_raw(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path} is missing: tamis needs a params file at the repository root.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]}).") from None
     if raw is not None and not isinstance(raw, dict):

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
+from stages.config import load_yaml
 
 RUN_ENV = "TAMIS_RUN_ID"
 STAGE_TAG = "tamis.stage"
@@ -155,5 +155,5 @@ def lock_hashes(stage: str, root: str | Path = ".", kind: str = "deps") -> dict[
     lock = Path(root) / "dvc.lock"
     if not lock.exists():
         return {}
-    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
+    entry = (load_yaml(lock.read_text()) or {}).get("stages", {}).get(stage, {})
     return {d["path"]: d.get("md5") or d.get("hash", "") for d in entry.get(kind, [])}
