@@ -31,6 +31,23 @@ SECTIONS = [
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def describe(doc: str) -> list[str]:
+    """A module docstring as markdown paragraphs: wrapped lines joined, list items kept, usage lines left out."""
+    out = []
+    for para in doc.strip().split("\n\n"):
+        lines = [ln.strip() for ln in para.strip().splitlines()]
+        if not lines or lines[0].startswith("python -m"):
+            continue
+        items: list[str] = []
+        for ln in lines:
+            if ln.startswith("- ") or not items:
+                items.append(ln)
+            else:
+                items[-1] += " " + ln
+        out += [*items, ""]
+    return out
+
+
 def render(quick: bool) -> str:
     info = machine()
     parts = [
@@ -49,10 +66,7 @@ def render(quick: bool) -> str:
             continue
         module = importlib.import_module(f"benchmarks.{name}")
         result = json.loads(path.read_text())
-        doc = (module.__doc__ or "").strip().split("\n\n")
-        parts += [f"## {title}", "", " ".join(doc[0].split()), ""]
-        if len(doc) > 2:
-            parts += [" ".join(doc[1].split()), ""]
+        parts += [f"## {title}", "", *describe(module.__doc__ or "")]
         commit = result.get("machine", {}).get("commit")
         at = f" (measured at commit `{commit}`)" if commit else ""
         command = result.get("command") or f"python -m benchmarks.{name}{' --quick' if result.get('quick') else ''}"
