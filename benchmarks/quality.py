@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="one seed, 20% noise, smaller tables, fewer epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2, 0.4])
+    parser.add_argument("--datasets", nargs="+", default=None, help="run only these (digits, tabular-8, tabular-16)")
     args = parser.parse_args(argv)
     seeds = [0] if args.quick else args.seeds
     noise = [0.2] if args.quick else args.noise
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cells: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tamis-quality-") as tmp:
         for name, frame in datasets(args.quick).items():
+            if args.datasets and name not in args.datasets:
+                continue
             for rate in noise:
                 runs = [one_run(name, frame, rate, s, Path(tmp) / f"{name}-{rate}-{s}", overrides) for s in seeds]
                 cells[f"{name}, {rate:.0%} noise"] = aggregate(runs)
