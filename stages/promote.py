@@ -13,6 +13,7 @@ Model stages are deprecated in MLflow; only aliases are used.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def register(params: Params, root: Path, client, test: pd.DataFrame, parent_run_
         return max(found, key=lambda v: int(v.version)), False
     evaluation = read_json(root / "metrics/evaluate.json")
     features = test.drop(columns=["row_id", params.data.label]).head(5)
-    with tracking.stage_run("promote", params, ("promote",), root, parent_run_id) as run:
+    with tracking.stage_run("promote", params, ("promote",), root, parent_run_id) as run, warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: the validated schema already refuses nulls
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(root / "stages" / "serving.py"),
