@@ -72,6 +72,9 @@ def render(quick: bool) -> str:
         command = result.get("command") or f"python -m benchmarks.{name}{' --quick' if result.get('quick') else ''}"
         parts += [f"Command: `{command}`{at}", ""]
         parts += [module.table(result), ""]
+    targets = ROOT / "benchmarks" / "targets.md"  # hand-written: which targets are missed, and what limits them
+    if targets.exists():
+        parts += [targets.read_text().strip(), ""]
     return "\n".join(parts)
 
 
