@@ -92,6 +92,9 @@ def test_mlflow_parent_run_has_one_child_per_stage_with_lineage(flow_runs, mlflo
     children = mlflow_client.search_runs(
         [mlflow_client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
     )
+    run = mlflow_client.get_run(parent).data
+    assert run.params["train.epochs"] == "4" and len(run.params) > 100  # logged in batches of 100
+    assert {"macro_f1", "wall_seconds", "seconds.train", "seconds.promote"} <= set(run.metrics)
     stages = [c.data.tags["tamis.stage"] for c in children]
     dvc_stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     assert sorted(stages) == sorted(dvc_stages + ["promote"])
