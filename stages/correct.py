@@ -38,11 +38,10 @@ import pandas as pd
 from stages import tracking
 from stages.config import AUDIT_ISSUE_TYPES, CorrectParams, Params
 from stages.contract import Outputs, StageError, stage_main
-from stages.data import ROW_ID, Schema, read_split
+from stages.data import CORRECTED, ROW_ID, Schema, read_split
 
 VALIDATED = Path("data/validated")
 ISSUES = Path("data/audit/issues.parquet")
-OUT = Path("data/corrected")
 METRICS = Path("metrics/correct.json")
 PARAM_OF = {"label": "label_issue", "null": "null_values"}  # the others are named as their issue type
 
@@ -196,7 +195,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "calib_rows_out": len(trusted),
     }
     with tracking.stage_run("correct", params, ("correct",), root), Outputs(root) as out:
-        folder = out.dir(OUT)
+        folder = out.dir(CORRECTED)
         kept.to_parquet(folder / "train.parquet", index=False)
         trusted.to_parquet(folder / "calib.parquet", index=False)
         changes.to_parquet(folder / "changes.parquet", index=False)

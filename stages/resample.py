@@ -33,10 +33,9 @@ import pandas as pd
 from stages import tracking
 from stages.config import Params, ResampleParams
 from stages.contract import Outputs, StageError, dumps, stage_main
-from stages.data import ROW_ID, Encoder, Schema, read_split
+from stages.data import CORRECTED, ROW_ID, Encoder, Schema, read_split
 
 VALIDATED = Path("data/validated")
-CORRECTED = Path("data/corrected")
 OUT = Path("data/resampled")
 METRICS = Path("metrics/resample.json")
 REWEIGHT = ("inverse_frequency", "effective_number")
