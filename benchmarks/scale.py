@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,31 +32,34 @@ FEW_EPOCHS = ["audit.epochs=2", "train.epochs=2", "train.patience=1", "distill.e
 def run_measured(cmd: list[str], cwd: Path, timeout: float) -> tuple[float, float, int, str]:
     """(wall seconds, peak RSS MiB, exit code, stderr tail) of one child process.
 
-    The peak comes from GNU time where it exists: on Linux a child keeps the
+    The peak comes from GNU time (/usr/bin/time) where it exists: on Linux a child keeps the
     peak RSS of the process it was forked from across exec, so this process's
     own ~400 MiB (pandas, torch) would be every stage's floor. Launched from
     the small ``time`` binary, the stage's peak is its own.
     """
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    gnu_time = shutil.which("time") if Path("/usr/bin/time").exists() else None
     marker = "tamis-peak-kib="
-    wrapped = [gnu_time, "-f", f"{marker}%M", *cmd] if gnu_time else cmd
+    wrapped = ["/usr/bin/time", "-f", f"{marker}%M", *cmd] if Path("/usr/bin/time").exists() else cmd
     with tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
         seconds = time.perf_counter() - start
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         err.seek(0)
         text = err.read()
     peaks = [ln.split(marker, 1)[1] for ln in text.splitlines() if ln.startswith(marker)]
     peak = int(peaks[-1]) / 1024 if peaks else usage.ru_maxrss / 1024
     tail = "\n".join(ln for ln in text.splitlines() if not ln.startswith(marker))[-2000:]
-    return seconds, peak, proc.returncode, tail
+    return seconds, peak, os.waitstatus_to_exitcode(status), tail
 
 
 def one_size(base: Path, rows: int, timeout: float) -> dict[str, Any]:
