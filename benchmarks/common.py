@@ -74,7 +74,7 @@ def make_table(
 
 
 def digits_table() -> pd.DataFrame:
-    from stages.data import load_source
+    from tamis.data import load_source
 
     return load_source("sklearn:digits", "label")
 
@@ -95,7 +95,7 @@ def run_tamis(
     train.to_csv(workdir / "train.csv", index=False)
     test.to_csv(workdir / "test.csv", index=False)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    from stages.config import apply_overrides
+    from tamis.config import apply_overrides
 
     params = apply_overrides(
         params,

@@ -42,9 +42,9 @@ def ece_floor(repo: Path, draws: int = 1000) -> float:
     Each row is right with probability equal to its confidence; what ECE still
     measures is the noise of a finite test split, the floor no model beats.
     """
-    from stages.data import read_split
-    from stages.metrics import ece
-    from stages.serving import Predictor
+    from tamis.data import read_split
+    from tamis.metrics import ece
+    from tamis.serving import Predictor
 
     conf = Predictor.load(repo / "models").predict_proba(read_split(repo / "data/validated", "test")).max(1)
     rng = np.random.default_rng(0)
@@ -54,9 +54,9 @@ def ece_floor(repo: Path, draws: int = 1000) -> float:
 
 def teacher_confidence(repo: Path) -> dict[str, float]:
     """Mean top-1 confidence and accuracy of the uncalibrated teacher on the test split."""
-    from stages.data import read_split
-    from stages.metrics import softmax
-    from stages.nets import Table, load_model, logits_of
+    from tamis.data import read_split
+    from tamis.metrics import softmax
+    from tamis.nets import Table, load_model, logits_of
 
     teacher, encoder, _ = load_model(repo / "models/teacher.pt")
     test = read_split(repo / "data/validated", "test")

@@ -38,10 +38,10 @@ def measure(repo: Path, repeats: int) -> dict[str, Any]:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from threadpoolctl import threadpool_limits
 
-    from stages.contract import read_json
-    from stages.data import read_split
-    from stages.nets import load_model
-    from stages.serving import Predictor
+    from tamis.contract import read_json
+    from tamis.data import read_split
+    from tamis.nets import load_model
+    from tamis.serving import Predictor
 
     torch.set_num_threads(1)
     serving = read_json(repo / "models/serving.json")

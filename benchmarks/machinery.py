@@ -55,7 +55,7 @@ def one_round(base: Path, overrides: list[str]) -> dict[str, Any]:
     def fresh(name: str) -> Path:
         repo = workspace.create(base / name)
         if overrides:
-            from stages.config import apply_overrides, read_raw
+            from tamis.config import apply_overrides, read_raw
 
             raw = apply_overrides(read_raw(repo / "params.yaml"), overrides)
             (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -38,7 +38,7 @@ from benchmarks.common import (
     run_tamis,
     write_result,
 )
-from stages.metrics import classification
+from tamis.metrics import classification
 
 
 def datasets(quick: bool) -> dict[str, pd.DataFrame]:

@@ -69,7 +69,7 @@ def one_size(base: Path, rows: int, timeout: float) -> dict[str, Any]:
     frame.to_parquet(data, index=False)
     del frame
     repo = workspace.create(base / f"repo_{rows}")
-    from stages.config import apply_overrides, read_raw
+    from tamis.config import apply_overrides, read_raw
 
     raw = apply_overrides(read_raw(repo / "params.yaml"), [f"data.train={data}", "data.inject_noise=null", *FEW_EPOCHS])
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -116,7 +116,7 @@ class Workspace:
 
     def __init__(self, folder: Path, train: pd.DataFrame, test: pd.DataFrame, base: list[str]):
         from stages import audit, ingest, validate
-        from stages.config import apply_overrides, load_params
+        from tamis.config import apply_overrides, load_params
 
         self.root = folder
         folder.mkdir(parents=True)
@@ -132,14 +132,14 @@ class Workspace:
             stage.run(params, folder)
 
     def params(self, overrides: list[str]):
-        from stages.config import apply_overrides, parse_params
+        from tamis.config import apply_overrides, parse_params
 
         return parse_params(apply_overrides(self.raw, overrides))
 
     def teacher(self, overrides: list[str], test: pd.DataFrame) -> tuple[np.ndarray, float]:
         """Clean-test predicted labels and the wall time of correct -> resample -> train."""
         from stages import correct, resample, train
-        from stages.nets import Table, load_model, logits_of
+        from tamis.nets import Table, load_model, logits_of
 
         params = self.params(overrides)
         start = time.perf_counter()
@@ -160,9 +160,9 @@ def throughput(sizes: list[int], seed: int) -> list[dict[str, Any]]:
     """
     import torch
 
-    from stages.config import load_params
-    from stages.data import Encoder, Schema
-    from stages.nets import MLP, Table, TemperatureSampler, fit
+    from tamis.config import load_params
+    from tamis.data import Encoder, Schema
+    from tamis.nets import MLP, Table, TemperatureSampler, fit
     from stages.train import make_loss
 
     params = load_params(ROOT / "params.yaml")

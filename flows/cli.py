@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from stages import tracking
-from stages.contract import BAD_INPUT_EXIT, StageError
+from tamis import runtime, tracking
+from tamis.contract import BAD_INPUT_EXIT, StageError
 
 DEFAULT_CRON = "0 2 * * *"
 
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--repo", default=".", help="the tamis checkout to run in (default: here)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a params.yaml key, e.g. --set train.epochs=20 (repeatable)")
+        p.add_argument("--jobs", type=int, metavar="N",
+                       help=f"processes for the audit's folds (default: one per core; sets {runtime.JOBS_ENV}, re-runs nothing)")
+        p.add_argument("--threads", type=int, metavar="N",
+                       help=f"CPU threads when compress times the models (default 1; sets {runtime.THREADS_ENV}, re-runs nothing)")
     serve_p.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule (default '{DEFAULT_CRON}', nightly)")
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -68,13 +72,18 @@ def main(argv: list[str] | None = None) -> int:
             return BAD_INPUT_EXIT
         print(f"tamis: new project in {dest}; edit params.yaml (data.train), then: cd {dest} && tamis run")
         return 0
+    # parallelism is a runtime setting, not a DVC param: the stage processes inherit it, and nothing re-runs for it
+    if args.jobs is not None:
+        os.environ[runtime.JOBS_ENV] = str(args.jobs)
+    if args.threads is not None:
+        os.environ[runtime.THREADS_ENV] = str(args.threads)
     repo = Path(args.repo).resolve()
     if not (repo / "dvc.yaml").exists():
         print(f"tamis: {repo} has no dvc.yaml; point --repo at a tamis checkout.", file=sys.stderr)
         return BAD_INPUT_EXIT
     overrides = _absolute_paths(args.overrides)
     from flows.retrain import StageFailed, retrain, write_params
-    from stages.config import apply_overrides, parse_params, read_raw
+    from tamis.config import apply_overrides, parse_params, read_raw
 
     try:
         # a typo in --set is refused here, before a server starts or params.yaml is touched

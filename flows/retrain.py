@@ -19,12 +19,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from stages import tracking
-from stages.config import (
+from tamis import dvcfiles, paths, tracking
+from tamis.config import (
     Params,
     apply_overrides,
     load_params,
-    load_yaml,
     parse_params,
     read_raw,
 )
@@ -40,7 +39,7 @@ class StageFailed(RuntimeError):
 
 def stage_names(repo: Path) -> list[str]:
     """The stages of dvc.yaml, in file order (which is DAG order)."""
-    return list((load_yaml((repo / "dvc.yaml").read_text()) or {}).get("stages", {}))
+    return list(dvcfiles.stages(repo))
 
 
 def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -87,7 +86,7 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
             message = said[-1].split(": ", 1)[1] if said else _last_error(proc)
             raise StageFailed(stage, message, bad_input=bool(said))
     executed = client.get_run(child).data.tags.get(tracking.EXECUTED_TAG) == "true"
-    tags = {f"dvc.dep.{path}": md5 for path, md5 in tracking.lock_hashes(stage, root).items()}
+    tags = {f"dvc.dep.{path}": md5 for path, md5 in dvcfiles.lock_hashes(stage, root).items()}
     if not executed:
         tags[tracking.EXECUTED_TAG] = "false"
     log_batch(client, child, tags=tags)
@@ -185,12 +184,12 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
     except Exception:
         client.set_terminated(parent, "FAILED")
         raise
-    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
+    evaluation = json.loads((root / paths.metrics("evaluate")).read_text())
     metrics = {key: evaluation[key] for key in ("accuracy", "macro_f1", "ece")}
     metrics.update({"wall_seconds": time.perf_counter() - start, "seconds.promote": promote_seconds})
     metrics.update({f"seconds.{r['stage']}": r["seconds"] for r in results})
     log_batch(client, parent, metrics=metrics)
-    for report in ("reports/model_card.md", "dvc.lock"):
+    for report in (paths.MODEL_CARD, "dvc.lock"):
         if (root / report).exists():
             client.log_artifact(parent, str(root / report))
     client.set_terminated(parent, "FINISHED")

@@ -21,7 +21,7 @@ of an MLP fit on the train rows, reduced by PCA), cleanlab finds:
   a near copy (a near duplicate whose raw values agree within
   ``audit.near_copy_tolerance`` standard deviations);
 - EL2N: the L2 norm of (softmax - one-hot given label) after
-  ``audit.el2n_epoch`` epochs, averaged over the folds whose models fit the
+  ``EL2N_EPOCH`` epochs, averaged over the folds whose models fit the
   row (all folds for calib and test rows).
 
 A class with fewer training rows than folds never gets here: validate stops it
@@ -35,8 +35,8 @@ import contextlib
 import html
 import io
 import math
-import os
 import sys
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -44,39 +44,36 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import tracking
-from stages.config import AuditParams, Params
-from stages.contract import Outputs, StageError, stage_main
-from stages.data import ROW_ID, SPLITS, Encoder, Schema, read_split
-from stages.losses import cross_entropy
-from stages.nets import (
+from tamis import paths, runtime, tracking
+from tamis.config import AuditParams, Params
+from tamis.contract import Outputs, StageError, stage_main
+from tamis.data import ROW_ID, SPLITS, Encoder, Schema, read_split
+from tamis.losses import cross_entropy
+from tamis.nets import (
     MLP,
     Table,
     fit,
     logits_of,
     resolve_device,
-    schedule,
+    fit_args,
     seed_everything,
 )
 
-VALIDATED = Path("data/validated")
-ISSUES = Path("data/audit/issues.parquet")
-METRICS = Path("metrics/audit.json")
-REPORT = Path("reports/audit.html")
 KNN_TYPES = ("outlier", "near_duplicate", "class_imbalance", "non_iid", "underperforming_group")
 EXACT_KNN_ROWS = 20_000
 HGB_MAX_CATEGORIES = 255  # HistGradientBoosting's native categorical support stops here
+EL2N_EPOCH = 3  # EL2N: the error L2 norm of the predictions after this many epochs (Paul et al. score early)
 
 
 def load_rows(root: Path, schema: Schema) -> pd.DataFrame:
     """Train, calib and test rows in one table (train first), with a ``split`` column."""
-    frames = [read_split(root / VALIDATED, s).assign(split=s) for s in SPLITS]
+    frames = [read_split(root / paths.VALIDATED, s).assign(split=s) for s in SPLITS]
     rows = pd.concat(frames, ignore_index=True)
     train = rows[rows["split"] == "train"]
     varying = [c for c in schema.features if train[c].nunique(dropna=False) > 1]
     if not varying:
         raise StageError(
-            f"{root / VALIDATED / 'train.parquet'}: no numeric or categorical column varies across the training "
+            f"{root / paths.VALIDATED / 'train.parquet'}: no numeric or categorical column varies across the training "
             "rows; there is nothing to learn the labels from."
         )
     return rows
@@ -85,45 +82,68 @@ def load_rows(root: Path, schema: Schema) -> pd.DataFrame:
 # ---- out-of-sample probabilities: one job per fold and model, run in parallel processes ----
 
 
-def _fit_mlp(num, cat, cards, y, fit_idx, n_classes, a: AuditParams, seed, device, embed=False):
-    """An MLP fit on ``fit_idx``: (probs, early probs) of every row, or embeddings when ``embed``."""
+@dataclass
+class Encoded:
+    """Every audited row, encoded once and shared read-only with the fold processes."""
+
+    num: np.ndarray
+    cat: np.ndarray
+    cardinalities: list[int]
+    y: np.ndarray
+    n_classes: int
+
+
+def _fit_mlp(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, device: str, on_epoch=None):
+    """An MLP fit on the rows ``fit_idx`` (cross-entropy), with ``on_epoch(model, table, epoch)`` after each epoch."""
     import torch
 
     seed_everything(seed)
-    model = MLP(num.shape[1], cards, n_classes, a.hidden, a.dropout).to(device)
-    rows = Table.of(num, cat, y, device=device)
-    early: dict[str, np.ndarray] = {}
-
-    def snapshot(epoch: int) -> None:
-        if epoch == min(a.el2n_epoch, a.epochs) and not embed:
-            early["probs"] = logits_of(model, rows).softmax(1).cpu().numpy()
-
+    model = MLP(rows.num.shape[1], rows.cardinalities, rows.n_classes, a.hidden, a.dropout).to(device)
+    table = Table.of(rows.num, rows.cat, rows.y, device=device)
     fit(
         model,
-        rows.rows(torch.as_tensor(fit_idx, device=rows.y.device)),
+        table.rows(torch.as_tensor(fit_idx, device=table.y.device)),
         lambda logits, b: cross_entropy(logits, b.y, b.weight),
-        **schedule(a),
+        **fit_args(a),
         seed=seed,
-        on_epoch=snapshot,
+        on_epoch=None if on_epoch is None else lambda epoch: on_epoch(model, table, epoch),
     )
-    if embed:
-        model.eval()
-        with torch.no_grad():
-            parts = [model.features(rows.num[i : i + 8192], rows.cat[i : i + 8192]) for i in range(0, len(rows), 8192)]
-        return torch.cat(parts).cpu().numpy()
-    return logits_of(model, rows).softmax(1).cpu().numpy(), early["probs"]
+    return model, table
+
+
+def mlp_probs(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(probs, early probs) of every row from an MLP fit on ``fit_idx``; early: after ``EL2N_EPOCH`` epochs."""
+    early: dict[str, np.ndarray] = {}
+
+    def snapshot(model, table, epoch: int) -> None:
+        if epoch == min(EL2N_EPOCH, a.epochs):
+            early["probs"] = logits_of(model, table).softmax(1).cpu().numpy()
+
+    model, table = _fit_mlp(rows, fit_idx, a, seed, device, snapshot)
+    return logits_of(model, table).softmax(1).cpu().numpy(), early["probs"]
+
+
+def mlp_embedding(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, device: str) -> np.ndarray:
+    """Penultimate-layer features of every row from an MLP fit on ``fit_idx``."""
+    import torch
+
+    model, table = _fit_mlp(rows, fit_idx, a, seed, device)
+    model.eval()
+    with torch.no_grad():
+        parts = [model.features(table.num[i : i + 8192], table.cat[i : i + 8192]) for i in range(0, len(table), 8192)]
+    return torch.cat(parts).cpu().numpy()
 
 
 def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
     """A HistGradientBoosting model fit on ``fit_idx``: (probs, early probs) of every row.
 
-    "Early" is the same share of its boosting iterations as ``el2n_epoch`` is of the MLP's epochs.
+    "Early" is the same share of its boosting iterations as ``EL2N_EPOCH`` is of the MLP's epochs.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     model = HistGradientBoostingClassifier(max_iter=a.hgb_max_iter, categorical_features=categorical, random_state=seed)
     model.fit(X[fit_idx], y[fit_idx])
-    stage = max(1, math.ceil(model.n_iter_ * min(a.el2n_epoch, a.epochs) / a.epochs))
+    stage = max(1, math.ceil(model.n_iter_ * min(EL2N_EPOCH, a.epochs) / a.epochs))
     early = next(islice(model.staged_predict_proba(X), stage - 1, None))
     return model.predict_proba(X), early
 
@@ -131,7 +151,7 @@ def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
 def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: bool) -> dict[str, Any]:
     """Probabilities (``probs``), ``el2n`` and (``embed``) penultimate-layer ``embedding`` of every row.
 
-    One job per fold and model (plus the embedding MLP) on ``audit.n_jobs`` processes; joblib shares the
+    One job per fold and model (plus the embedding MLP) on ``TAMIS_JOBS`` processes; joblib shares the
     encoded table with them read-only (memory-mapped), so each process adds about one fold's tensors.
     """
     from joblib import Parallel, delayed
@@ -146,23 +166,22 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: boo
     y = encoder.labels(rows[schema.label], "validated labels")
     n_classes = len(schema.classes)
     X = np.hstack([num, cat]).astype(np.float32)
+    encoded = Encoded(num, cat, encoder.cardinalities, y, n_classes)
     categorical = [False] * num.shape[1] + [k <= HGB_MAX_CATEGORIES for k in encoder.cardinalities]
     folds = list(StratifiedKFold(a.folds, shuffle=True, random_state=params.seed).split(train_idx, y[train_idx]))
     kinds = ["mlp", "hgb"] if a.models == "both" else [a.models]
-    def mlp(fit_idx, seed, embed=False):
-        return delayed(_fit_mlp)(num, cat, encoder.cardinalities, y, fit_idx, n_classes, a, seed, str(device), embed)
 
     jobs, keys = [], []
     for k, (fit_pos, _) in enumerate(folds):
         if "mlp" in kinds:
-            jobs.append(mlp(train_idx[fit_pos], params.seed + k))
+            jobs.append(delayed(mlp_probs)(encoded, train_idx[fit_pos], a, params.seed + k, str(device)))
             keys.append(("mlp", k))
         if "hgb" in kinds:
             jobs.append(delayed(_fit_hgb)(X, y, train_idx[fit_pos], categorical, a, params.seed + k))
             keys.append(("hgb", k))
     if embed:  # one more MLP, on every train row: one embedding space for all rows
-        jobs.append(mlp(train_idx, params.seed, embed=True))
-    n_jobs = 1 if device.type == "cuda" else min(len(jobs), a.n_jobs if a.n_jobs > 0 else os.cpu_count() or 1)
+        jobs.append(delayed(mlp_embedding)(encoded, train_idx, a, params.seed, str(device)))
+    n_jobs = 1 if device.type == "cuda" else min(len(jobs), runtime.jobs())
     results = Parallel(n_jobs=n_jobs, verbose=5 if sys.stderr.isatty() else 0)(jobs)
 
     n = len(rows)
@@ -445,9 +464,9 @@ estimated noise rate {noise['estimated_noise_rate']:.1%}; out-of-sample accuracy
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
-    schema = Schema.load(root / VALIDATED / "schema.json")
+    schema = Schema.load(root / paths.SCHEMA)
     rows = load_rows(root, schema)
-    with tracking.stage_run("audit", params, ("audit",), root):
+    with tracking.stage_run("audit", params, root):
         issues, extra = audit_rows(rows, schema, params)
         metrics = summarise(issues, extra, schema, params)
         tracking.log_metrics({k: v for k, v in metrics.items() if k != "noise"})
@@ -456,10 +475,10 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
 
         mlflow.log_dict(metrics["noise"], "noise.json")
         with Outputs(root) as out:
-            issues.to_parquet(out.path(ISSUES), index=False)
-            out.write_json(METRICS, metrics)
-            out.path(REPORT).write_text(render_report(issues, metrics, schema))
-        mlflow.log_artifact(str(root / REPORT))
+            issues.to_parquet(out.path(paths.ISSUES), index=False)
+            out.write_json(paths.metrics("audit"), metrics)
+            out.path(paths.AUDIT_REPORT).write_text(render_report(issues, metrics, schema))
+        mlflow.log_artifact(str(root / paths.AUDIT_REPORT))
     return metrics
 
 

@@ -35,14 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import tracking
-from stages.config import AUDIT_ISSUE_TYPES, CorrectParams, Params
-from stages.contract import Outputs, StageError, stage_main
-from stages.data import CORRECTED, ROW_ID, Schema, read_split
+from tamis import paths, tracking
+from tamis.config import AUDIT_ISSUE_TYPES, CorrectParams, Params
+from tamis.contract import Outputs, StageError, stage_main
+from tamis.data import ROW_ID, Schema, read_split
 
-VALIDATED = Path("data/validated")
-ISSUES = Path("data/audit/issues.parquet")
-METRICS = Path("metrics/correct.json")
 PARAM_OF = {"label": "label_issue", "null": "null_values"}  # the others are named as their issue type
 
 
@@ -69,7 +66,7 @@ def plan(issues: pd.DataFrame, c: CorrectParams) -> pd.DataFrame:
         if flag_col not in issues.columns:
             raise StageError(
                 f"correct.{PARAM_OF.get(issue, issue)}: '{strategy}' needs the audit's {issue} check, which "
-                f"{ISSUES} lacks; add {issue} to audit.issue_types or set it to keep."
+                f"{paths.ISSUES} lacks; add {issue} to audit.issue_types or set it to keep."
             )
         flagged = issues[flag_col].to_numpy(bool)
         score = issues[score_col].to_numpy(np.float64)
@@ -131,7 +128,7 @@ def issues_of(all_issues: pd.DataFrame, split: str, rows: pd.DataFrame) -> pd.Da
     if "split" in issues.columns:
         issues = issues[issues["split"] == split].reset_index(drop=True)
     if len(issues) != len(rows) or not (issues[ROW_ID].to_numpy() == rows[ROW_ID].to_numpy()).all():
-        raise StageError(f"{ISSUES} does not match the {split} split row for row; re-run the audit.")
+        raise StageError(f"{paths.ISSUES} does not match the {split} split row for row; re-run the audit.")
     return issues
 
 
@@ -148,12 +145,12 @@ def trusted_calib(calib: pd.DataFrame, all_issues: pd.DataFrame, schema: Schema,
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
-    schema = Schema.load(root / VALIDATED / "schema.json")
-    train = read_split(root / VALIDATED, "train")
-    calib = read_split(root / VALIDATED, "calib")
-    if not (root / ISSUES).exists():
-        raise StageError(f"{root / ISSUES} is missing: run the audit stage first (dvc repro).")
-    all_issues = pd.read_parquet(root / ISSUES)
+    schema = Schema.load(root / paths.SCHEMA)
+    train = read_split(root / paths.VALIDATED, "train")
+    calib = read_split(root / paths.VALIDATED, "calib")
+    if not (root / paths.ISSUES).exists():
+        raise StageError(f"{root / paths.ISSUES} is missing: run the audit stage first (dvc repro).")
+    all_issues = pd.read_parquet(root / paths.ISSUES)
     issues = issues_of(all_issues, "train", train)
     c = params.correct
     trusted = trusted_calib(calib, all_issues, schema, c)
@@ -194,12 +191,12 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "calib_rows_in": len(calib),
         "calib_rows_out": len(trusted),
     }
-    with tracking.stage_run("correct", params, ("correct",), root), Outputs(root) as out:
-        folder = out.dir(CORRECTED)
+    with tracking.stage_run("correct", params, root), Outputs(root) as out:
+        folder = out.dir(paths.CORRECTED)
         kept.to_parquet(folder / "train.parquet", index=False)
         trusted.to_parquet(folder / "calib.parquet", index=False)
         changes.to_parquet(folder / "changes.parquet", index=False)
-        out.write_json(METRICS, metrics)
+        out.write_json(paths.metrics("correct"), metrics)
         tracking.log_metrics(metrics)
     return metrics
 

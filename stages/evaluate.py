@@ -16,19 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import calibrate, tracking
-from stages.config import Params
-from stages.contract import Outputs, read_json, stage_main
-from stages.data import ROW_ID, read_split
-from stages.metrics import classification, softmax
-from stages.nets import Table, load_model, logits_of
-from stages.serving import Predictor
+from tamis import paths, tracking
+from tamis.calibration import apply_map
+from tamis.config import Params
+from tamis.contract import Outputs, read_json, stage_main
+from tamis.data import ROW_ID, read_split
+from tamis.metrics import ECE_BINS, classification, softmax
+from tamis.nets import Table, load_model, logits_of
+from tamis.serving import Predictor
 
-VALIDATED = Path("data/validated")
-TRUTH = Path("data/truth/labels.parquet")
-ISSUES = Path("data/audit/issues.parquet")
-METRICS = Path("metrics/evaluate.json")
-CARD = Path("reports/model_card.md")
 
 
 def audit_scores(issues: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float] | None:
@@ -107,27 +103,27 @@ Shipped model: `{metrics['final_model']}` (the variant compress's gate chose), e
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
-    test = read_split(root / VALIDATED, "test")
-    bins = params.evaluate.ece_bins
-    teacher, encoder, _ = load_model(root / "models/teacher.pt")
-    student, _, student_ckpt = load_model(root / "models/student.pt")
-    teacher_cal = read_json(root / "models/calibration.json")
-    serving = read_json(root / "models/serving.json")
+    test = read_split(root / paths.VALIDATED, "test")
+    bins = ECE_BINS
+    teacher, encoder, _ = load_model(root / paths.TEACHER)
+    student, _, student_ckpt = load_model(root / paths.STUDENT)
+    teacher_cal = read_json(root / paths.CALIBRATION)
+    serving = read_json(root / paths.SERVING)
     y = encoder.labels(test[params.data.label], "test split")
     table = Table.of(*encoder.transform(test), y)
     teacher_logits = logits_of(teacher, table).numpy()
-    final = Predictor.load(root / "models")
+    final = Predictor.load(root / paths.MODELS)
     probs = {
         "teacher": softmax(teacher_logits),
-        "teacher_calibrated": calibrate.probs(teacher_cal, teacher_logits),
-        "student": calibrate.probs(student_ckpt["calibration"], logits_of(student, table).numpy()),
+        "teacher_calibrated": apply_map(teacher_cal, teacher_logits),
+        "student": apply_map(student_ckpt["calibration"], logits_of(student, table).numpy()),
         "final": final.predict_proba(test),
     }
     sizes = {
-        "teacher": (root / "models/teacher.pt").stat().st_size,
-        "teacher_calibrated": (root / "models/teacher.pt").stat().st_size,
-        "student": (root / "models/student.pt").stat().st_size,
-        "final": (root / "models" / serving["model"]).stat().st_size,
+        "teacher": (root / paths.TEACHER).stat().st_size,
+        "teacher_calibrated": (root / paths.TEACHER).stat().st_size,
+        "student": (root / paths.STUDENT).stat().st_size,
+        "final": (root / paths.MODELS / serving["model"]).stat().st_size,
     }
     by_model = {name: {**classification(p, y, bins), "size_bytes": sizes[name]} for name, p in probs.items()}
     metrics: dict[str, Any] = {
@@ -139,17 +135,17 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "classes": [str(c) for c in encoder.classes],
         "by_model": by_model,
     }
-    issues = pd.read_parquet(root / ISSUES)
-    audit = audit_scores(issues, pd.read_parquet(root / TRUTH))
+    issues = pd.read_parquet(root / paths.ISSUES)
+    audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))
     if audit:
         metrics["audit"] = audit
     trusted = trusted_test(probs["final"], y, test, issues, bins)
     if trusted:
         metrics["trusted_test"] = trusted
-    with tracking.stage_run("evaluate", params, ("evaluate",), root), Outputs(root) as out:
+    with tracking.stage_run("evaluate", params, root), Outputs(root) as out:
         tracking.log_metrics(metrics)
-        out.write_json(METRICS, metrics)
-        out.path(CARD).write_text(model_card(metrics, encoder.classes))
+        out.write_json(paths.metrics("evaluate"), metrics)
+        out.path(paths.MODEL_CARD).write_text(model_card(metrics, encoder.classes))
     return metrics
 
 

@@ -15,11 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.config import Params
-from stages.contract import StageError, dumps, stage_main
+from tamis import paths
+from tamis.config import Params
+from tamis.contract import StageError, dumps, stage_main
 
-OUT = Path("data/fingerprint.json")
-STAT_CACHE = Path("data/.fingerprint-stat.json")
 
 
 def md5_of(path: Path) -> str:
@@ -57,7 +56,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
-    out, stat_cache = Path(root) / OUT, Path(root) / STAT_CACHE
+    out, stat_cache = Path(root) / paths.FINGERPRINT, Path(root) / paths.FINGERPRINT_STAT_CACHE
     cache = json.loads(stat_cache.read_text()) if stat_cache.exists() else {}
     inputs = {"train": identify(params.data.train, "data.train", cache)}
     if params.data.test:

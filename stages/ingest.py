@@ -15,13 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import tracking
-from stages.config import NoiseParams, Params
-from stages.contract import Outputs, StageError, dumps, stage_main
-from stages.data import ROW_ID, load_source, split_frame
+from tamis import paths, tracking
+from tamis.config import NoiseParams, Params
+from tamis.contract import Outputs, StageError, dumps, stage_main
+from tamis.data import ROW_ID, load_source, split_frame
 
-RAW = Path("data/raw")
-TRUTH = Path("data/truth/labels.parquet")
 
 
 def _load(source: str, label: str, key: str) -> pd.DataFrame:
@@ -116,12 +114,12 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "rows": {"train": len(train), "calib": len(calib), "test": len(test)},
         "injected_noise": None if d.inject_noise is None else int(truth["flipped"].sum()),
     }
-    with tracking.stage_run("ingest", params, ("data",), root), Outputs(root) as out:
-        raw = out.dir(RAW)
+    with tracking.stage_run("ingest", params, root), Outputs(root) as out:
+        raw = out.dir(paths.RAW)
         for name, part in (("train", train), ("calib", calib), ("test", test)):
             part.reset_index(drop=True).to_parquet(raw / f"{name}.parquet", index=False)
         (raw / "meta.json").write_text(dumps(meta) + "\n")
-        truth.astype({"flipped": bool}).to_parquet(out.path(TRUTH), index=False)
+        truth.astype({"flipped": bool}).to_parquet(out.path(paths.TRUTH), index=False)
         tracking.log_dataset(train, "train", d.train, "training")
         tracking.log_metrics({"rows": meta["rows"]})
     return meta

@@ -19,13 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from stages import tracking
-from stages.config import Params
-from stages.contract import StageError, read_json
-from stages.data import read_split
+from tamis import dvcfiles, paths, tracking
+from tamis.config import Params
+from tamis.contract import StageError, read_json, stage_main
+from tamis.data import read_split
 
-MODELS = Path("models")
-VALIDATED = Path("data/validated")
 DIGEST_TAG = "tamis_model_digest"
 
 
@@ -52,22 +50,22 @@ def register(params: Params, root: Path, client, test: pd.DataFrame, parent_run_
     """The registry version holding the current shipped model (registered if new)."""
     import mlflow
 
-    serving_path = root / MODELS / "serving.json"
-    onnx_path = root / MODELS / read_json(serving_path)["model"]
+    serving_path = root / paths.SERVING
+    onnx_path = root / paths.MODELS / read_json(serving_path)["model"]
     name = params.promote.model_name
     digest = model_digest([onnx_path, serving_path])
     found = client.search_model_versions(f"name = '{name}' and tags.{DIGEST_TAG} = '{digest}'")
     if found:
         return max(found, key=lambda v: int(v.version)), False
-    evaluation = read_json(root / "metrics/evaluate.json")
+    evaluation = read_json(root / paths.metrics("evaluate"))
     features = test.drop(columns=["row_id", params.data.label]).head(5)
-    with tracking.stage_run("promote", params, ("promote",), root, parent_run_id) as run, warnings.catch_warnings():
+    with tracking.stage_run("promote", params, root, parent_run_id, keys=["promote", "data.label"]) as run, warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values: the validated schema already refuses nulls
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(root / "stages" / "serving.py"),
-            code_paths=[str(root / "stages")],
+            python_model=str(root / "tamis" / "serving.py"),
+            code_paths=[str(root / "tamis")],
             artifacts={"model": str(onnx_path), "serving": str(serving_path)},
             input_example=features,
             registered_model_name=name,
@@ -82,9 +80,9 @@ def register(params: Params, root: Path, client, test: pd.DataFrame, parent_run_
             "tamis_test_ece": f"{evaluation['ece']:.6f}",
         }
         # lineage: the exact accepted data (DVC's hash of data/validated) and the raw inputs
-        for path, md5 in tracking.lock_hashes("validate", root, "outs").items():
+        for path, md5 in dvcfiles.lock_hashes("validate", root, "outs").items():
             tags[f"tamis_dvc_{Path(path).name}"] = md5
-        for path, md5 in tracking.lock_hashes("ingest", root, "deps").items():
+        for path, md5 in dvcfiles.lock_hashes("ingest", root, "deps").items():
             if path.startswith("data/"):
                 tags[f"tamis_dvc_{Path(path).name}"] = md5
         for key, value in tags.items():
@@ -100,7 +98,7 @@ def run(params: Params, root: str | Path = ".", parent_run_id: str | None = None
     tracking.experiment_id(params.tracking.experiment, root)
     client = MlflowClient()
     name = params.promote.model_name
-    test = read_split(root / VALIDATED, "test")
+    test = read_split(root / paths.VALIDATED, "test")
     version, new = register(params, root, client, test, parent_run_id)
     try:
         champion = client.get_model_version_by_alias(name, "champion")
@@ -132,3 +130,15 @@ def run(params: Params, root: str | Path = ".", parent_run_id: str | None = None
     result.update(champion_moved=moved, reason=reason)
     result["champion_version"] = int(client.get_model_version_by_alias(name, "champion").version)
     return result
+
+
+def say(result: dict[str, Any]) -> None:
+    print(
+        f"tamis promote: '{result['model_name']}' v{result['version']} is challenger"
+        f"{' (newly registered)' if result['registered'] else ''}; champion is v{result['champion_version']}: {result['reason']}"
+    )
+
+
+if __name__ == "__main__":
+    # the flow's last step, run alone: registers models/ and moves the aliases (no DVC stage: it writes no files)
+    stage_main("promote", lambda params: say(run(params)))

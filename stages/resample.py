@@ -30,14 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import tracking
-from stages.config import Params, ResampleParams
-from stages.contract import Outputs, StageError, dumps, stage_main
-from stages.data import CORRECTED, ROW_ID, Encoder, Schema, read_split
+from tamis import paths, tracking
+from tamis.config import Params, ResampleParams
+from tamis.contract import Outputs, StageError, dumps, stage_main
+from tamis.data import ROW_ID, Encoder, Schema, read_split
 
-VALIDATED = Path("data/validated")
-OUT = Path("data/resampled")
-METRICS = Path("metrics/resample.json")
 REWEIGHT = ("inverse_frequency", "effective_number")
 SMOTE_FAMILY = ("smote", "smotenc", "adasyn", "borderline_smote", "smote_tomek")
 
@@ -162,8 +159,8 @@ def class_weights(counts: np.ndarray, method: str, beta: float) -> np.ndarray:
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
-    schema = Schema.load(root / VALIDATED / "schema.json")
-    train = read_split(root / CORRECTED, "train")
+    schema = Schema.load(root / paths.SCHEMA)
+    train = read_split(root / paths.CORRECTED, "train")
     out_frame = resample(train, schema, params.resample, params.seed)
     counts = train[schema.label].value_counts()
     after = out_frame.groupby(schema.label)["weight"].sum() if "weight" in out_frame else out_frame[schema.label].value_counts()
@@ -181,11 +178,11 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "rows_per_class": {str(c): int((out_frame[schema.label] == c).sum()) for c in schema.classes},
         "weight_per_class": {str(c): float(after.get(c, 0.0)) for c in schema.classes},
     }
-    with tracking.stage_run("resample", params, ("resample",), root), Outputs(root) as out:
-        folder = out.dir(OUT)
+    with tracking.stage_run("resample", params, root), Outputs(root) as out:
+        folder = out.dir(paths.RESAMPLED)
         out_frame.to_parquet(folder / "train.parquet", index=False)
         (folder / "priors.json").write_text(dumps(priors) + "\n")
-        out.write_json(METRICS, metrics)
+        out.write_json(paths.metrics("resample"), metrics)
         tracking.log_metrics(metrics)
     return metrics
 

@@ -23,19 +23,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages import tracking
-from stages.config import Params, TrainParams
-from stages.contract import Outputs, read_json, stage_main
-from stages.data import Encoder, Schema, read_calib, read_split
-from stages.losses import (
+from tamis import paths, tracking
+from tamis.config import Params, TrainParams
+from tamis.contract import Outputs, read_json, stage_main
+from tamis.data import Encoder, Schema, read_calib, read_split
+from tamis.losses import (
     cross_entropy,
     elr_loss,
     generalized_cross_entropy,
     running_average,
     symmetric_cross_entropy,
 )
-from stages.metrics import classification
-from stages.nets import (
+from tamis.metrics import ECE_BINS, classification
+from tamis.nets import (
     MLP,
     LossFn,
     Table,
@@ -45,15 +45,10 @@ from stages.nets import (
     param_count,
     resolve_device,
     save_model,
-    schedule,
+    fit_args,
     seed_everything,
 )
 
-VALIDATED = Path("data/validated")
-RESAMPLED = Path("data/resampled")
-MODEL = Path("models/teacher.pt")
-METRICS = Path("metrics/train.json")
-CURVE = Path("plots/train_curve.csv")
 
 
 def make_loss(t: TrainParams, model: MLP, train: Table) -> tuple[LossFn, Callable[[int], None] | None]:
@@ -98,10 +93,10 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     t = params.train
     device = resolve_device(params.device)
-    schema = Schema.load(root / VALIDATED / "schema.json")
-    train = read_split(root / RESAMPLED, "train")
+    schema = Schema.load(root / paths.SCHEMA)
+    train = read_split(root / paths.RESAMPLED, "train")
     calib = read_calib(root)
-    true_priors = class_priors(read_json(root / RESAMPLED / "priors.json")["counts"])
+    true_priors = class_priors(read_json(root / paths.RESAMPLED / "priors.json")["counts"])
     seed_everything(params.seed)
     encoder = Encoder.fit(train[~train["synthetic"]], schema, t.numeric_transform)
     y_train = encoder.labels(train[schema.label], "resampled train")
@@ -118,12 +113,12 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         if r.method == "temperature"
         else None
     )
-    with tracking.stage_run("train", params, ("train",), root):
+    with tracking.stage_run("train", params, root):
         result = fit(
             model,
             train_t,
             loss_fn,
-            **schedule(t),
+            **fit_args(t),
             seed=params.seed,
             val=calib_t,
             patience=t.patience,
@@ -147,7 +142,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "device": device.type,
             "rows_per_second": float(len(train_t) * len(result.epoch_seconds) / sum(result.epoch_seconds)),
             "prior_correction": t.prior_correction,
-            "calib": classification(probs, y_calib, params.evaluate.ece_bins),
+            "calib": classification(probs, y_calib, ECE_BINS),
         }
         import mlflow
 
@@ -156,15 +151,15 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         tracking.log_metrics(metrics)
         with Outputs(root) as out:
             save_model(
-                out.path(MODEL),
+                out.path(paths.TEACHER),
                 model.cpu(),
                 encoder,
                 best_epoch=result.best_epoch,
                 priors=true_priors.tolist(),
                 training_priors=fit_priors.tolist(),
             )
-            out.write_json(METRICS, metrics)
-            pd.DataFrame(result.history).to_csv(out.path(CURVE), index=False)
+            out.write_json(paths.metrics("train"), metrics)
+            pd.DataFrame(result.history).to_csv(out.path(paths.TRAIN_CURVE), index=False)
     return metrics
 
 

@@ -19,15 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import tracking
-from stages.config import Params
-from stages.contract import Outputs, StageError, dumps, read_json, stage_main
-from stages.data import ROW_ID, SPLITS, Schema, feature_columns, read_split
+from tamis import paths, tracking
+from tamis.config import Params
+from tamis.contract import Outputs, StageError, dumps, read_json, stage_main
+from tamis.data import ROW_ID, SPLITS, Schema, feature_columns, read_split
 
-RAW = Path("data/raw")
-OUT = Path("data/validated")
-REPORT = Path("reports/validation.json")
-METRICS = Path("metrics/validate.json")
 NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 
 
@@ -192,14 +188,14 @@ def typed(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
-    meta = read_json(root / RAW / "meta.json")
-    frames = {s: read_split(root / RAW, s) for s in SPLITS}
+    meta = read_json(root / paths.RAW / "meta.json")
+    frames = {s: read_split(root / paths.RAW, s) for s in SPLITS}
     sources = {"train": meta["source"]["train"], "calib": meta["source"]["train"]}
     sources["test"] = meta["source"]["test"] or meta["source"]["train"]
     schema = infer_schema(frames["train"], params)
     report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}}
     failures: list[str] = []
-    with tracking.stage_run("validate", params, ("data", "validate"), root):
+    with tracking.stage_run("validate", params, root):
         where = {split: f"{sources[split]} ({split} split)" for split in frames}
         batches = {s: (f, _suite_checks(f, s, schema, params, where[s])) for s, f in frames.items()}
         for split, (split_failures, gx_result) in _gx_validate(batches).items():
@@ -226,12 +222,12 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         if not schema.features:
             raise StageError(f"{sources['train']}: no feature columns besides the label '{schema.label}'.")
         with Outputs(root) as out:
-            folder = out.dir(OUT)
+            folder = out.dir(paths.VALIDATED)
             for split, frame in frames.items():
                 typed(frame, schema).to_parquet(folder / f"{split}.parquet", index=False)
             (folder / "schema.json").write_text(dumps(schema.save_dict()) + "\n")
-            out.write_json(REPORT, report)
-            out.write_json(METRICS, metrics)
+            out.write_json(paths.VALIDATION_REPORT, report)
+            out.write_json(paths.metrics("validate"), metrics)
     return metrics
 
 

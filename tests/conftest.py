@@ -68,7 +68,7 @@ def run_stage(repo: Path, stage: str, timeout: int = 300) -> subprocess.Complete
 def set_params(repo: Path, *overrides: str) -> None:
     import yaml
 
-    from stages.config import apply_overrides, read_raw
+    from tamis.config import apply_overrides, read_raw
 
     raw = apply_overrides(read_raw(repo / "params.yaml"), list(overrides))
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -16,8 +16,8 @@ import pandas as pd
 import yaml
 
 from stages import calibrate, compress, distill, resample, train
-from stages.config import apply_overrides, parse_params
-from stages.contract import dumps
+from tamis.config import apply_overrides, parse_params
+from tamis.contract import dumps
 
 SMALL = [
     "train.hidden=[48, 24]",

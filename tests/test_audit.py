@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from stages import audit, evaluate, ingest
-from stages.config import ConfigError, NoiseParams, parse_params
-from stages.contract import StageError, dumps
+from tamis import paths
+from tamis.config import ConfigError, NoiseParams, parse_params
+from tamis.contract import StageError, dumps
 
 FAST_AUDIT = {
     "folds": 3,
@@ -19,9 +20,13 @@ FAST_AUDIT = {
     "hidden": [16],
     "batch_size": 32,
     "hgb_max_iter": 30,
-    "n_jobs": 1,
-    "el2n_epoch": 2,
 }
+
+
+@pytest.fixture(autouse=True)
+def _one_process(monkeypatch):
+    """Folds in this process: the tests run small audits, where starting workers costs more than it saves."""
+    monkeypatch.setenv("TAMIS_JOBS", "1")
 
 
 def clusters(n: int, seed: int) -> pd.DataFrame:
@@ -61,7 +66,7 @@ def planted(tmp_path) -> Path:
 
 def test_planted_label_outlier_and_leak_are_found(planted):
     metrics = audit.run(parse_params({"audit": FAST_AUDIT}), planted)
-    issues = pd.read_parquet(planted / audit.ISSUES)
+    issues = pd.read_parquet(planted / paths.ISSUES)
     assert issues["split"].value_counts().to_dict() == {"train": 180, "calib": 45, "test": 45}
     train = issues[issues["split"] == "train"].set_index("row_id")
     assert train.at[0, "is_label_issue"] and train.at[0, "predicted_label"] == "a"
@@ -77,19 +82,19 @@ def test_planted_label_outlier_and_leak_are_found(planted):
     noise = metrics["noise"]
     assert np.allclose(np.asarray(noise["noise_matrix"]).sum(axis=0), 1.0)
     assert set(noise["noise_rate_per_class"]) == {"a", "b", "c"}
-    report = (planted / audit.REPORT).read_text()
+    report = (planted / paths.AUDIT_REPORT).read_text()
     assert "data:image/png;base64," in report and "leakage" in report
 
 
 def test_test_rows_are_audited_without_training_on_them(planted):
     params = parse_params({"audit": {**FAST_AUDIT, "models": "mlp", "issue_types": ["label"]}})
     audit.run(params, planted)
-    before = pd.read_parquet(planted / audit.ISSUES)
+    before = pd.read_parquet(planted / paths.ISSUES)
     test = pd.read_parquet(planted / "data/validated/test.parquet")
     test.loc[3, "label"] = "b" if test.loc[3, "label"] != "b" else "a"
     test.to_parquet(planted / "data/validated/test.parquet", index=False)
     audit.run(params, planted)
-    after = pd.read_parquet(planted / audit.ISSUES)
+    after = pd.read_parquet(planted / paths.ISSUES)
     probs = [c for c in after.columns if c.startswith("prob_")]
     assert np.array_equal(before[probs].to_numpy(), after[probs].to_numpy())  # test labels never reach a model
     test_rows = after[after["split"] == "test"].set_index("row_id")
@@ -100,7 +105,7 @@ def test_featureless_table_stops_and_keeps_outputs(tmp_path):
     constant = {"x1": 1.0, "x2": 2.0, "x3": 0.0, "x4": 0.0, "color": "red"}
     splits = {s: clusters(30, i).assign(**constant) for i, s in enumerate(("train", "calib", "test"))}
     write_validated(tmp_path, splits)
-    old = tmp_path / audit.ISSUES
+    old = tmp_path / paths.ISSUES
     old.parent.mkdir(parents=True)
     old.write_text("previous")
     with pytest.raises(StageError, match="no numeric or categorical column varies"):
@@ -150,5 +155,5 @@ def test_confusable_noise_flips_towards_confused_classes():
 
 def test_issues_metrics_are_json(planted):
     audit.run(parse_params({"audit": {**FAST_AUDIT, "models": "hgb", "issue_types": ["label", "null"]}}), planted)
-    metrics = json.loads((planted / audit.METRICS).read_text())
+    metrics = json.loads((planted / paths.metrics("audit")).read_text())
     assert metrics["models"] == "hgb" and metrics["issues"]["null"] == {"train": 0, "calib": 0, "test": 0}

@@ -82,7 +82,7 @@ def stage_cli(repo: Path, stage: str, monkeypatch, capsys) -> tuple[int, str]:
 
     monkeypatch.chdir(repo)
     capsys.readouterr()
-    from stages.contract import stage_main
+    from tamis.contract import stage_main
 
     try:
         stage_main(stage, importlib.import_module(f"stages.{stage}").run)

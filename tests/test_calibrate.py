@@ -8,9 +8,10 @@ import torch
 from conftest import mixed_table
 
 from stages import calibrate
-from stages.config import CalibrateParams, ConfigError, Params, parse_params
-from stages.contract import StageError
-from stages.metrics import nll, softmax
+from tamis import calibration
+from tamis.config import CalibrateParams, ConfigError, Params, parse_params
+from tamis.contract import StageError
+from tamis.metrics import nll, softmax
 
 
 def _sampled(n, k=4, seed=0, distort=lambda z: z * 3.0):
@@ -21,56 +22,56 @@ def _sampled(n, k=4, seed=0, distort=lambda z: z * 3.0):
     return distort(z), y
 
 
-@pytest.mark.parametrize("method", calibrate.METHODS)
+@pytest.mark.parametrize("method", calibration.METHODS)
 def test_every_method_gives_distributions_that_survive_json(method):
     logits, y = _sampled(400)
-    cal = calibrate.fit(method, logits, y)
-    p = calibrate.probs(cal, logits)
+    cal = calibration.fit_map(method, logits, y)
+    p = calibration.apply_map(cal, logits)
     assert p.shape == logits.shape and (p > 0).all() and np.allclose(p.sum(1), 1.0)
-    assert np.array_equal(calibrate.probs(json.loads(json.dumps(cal)), logits), p)
+    assert np.array_equal(calibration.apply_map(json.loads(json.dumps(cal)), logits), p)
     assert nll(p, y) < nll(softmax(logits), y)  # 3x overconfident logits: every method helps in-sample
 
 
-@pytest.mark.parametrize("method", calibrate.PARAMETRIC)
+@pytest.mark.parametrize("method", calibration.PARAMETRIC)
 def test_parametric_calibrators_are_the_same_map_in_torch(method):
     logits, y = _sampled(300)
-    cal = calibrate.fit(method, logits, y)
-    graph = calibrate.Calibration(cal)(torch.as_tensor(logits, dtype=torch.float32)).numpy()
-    assert np.abs(graph - calibrate.probs(cal, logits)).max() < 1e-5
+    cal = calibration.fit_map(method, logits, y)
+    graph = calibration.Calibration(cal)(torch.as_tensor(logits, dtype=torch.float32)).numpy()
+    assert np.abs(graph - calibration.apply_map(cal, logits)).max() < 1e-5
 
 
 def test_one_vs_rest_calibrators_cannot_go_into_the_graph():
     logits, y = _sampled(100)
     with pytest.raises(StageError, match="distill.calibration"):
-        calibrate.Calibration(calibrate.fit("isotonic", logits, y))
+        calibration.Calibration(calibration.fit_map("isotonic", logits, y))
 
 
 def test_temperature_keeps_every_prediction():
     logits, y = _sampled(300)
-    p = calibrate.probs(calibrate.fit("temperature", logits, y), logits)
+    p = calibration.apply_map(calibration.fit_map("temperature", logits, y), logits)
     assert np.array_equal(p.argmax(1), logits.argmax(1))
 
 
 def test_odir_shrinks_the_off_diagonal_weights():
     logits, y = _sampled(300, seed=1)
-    weak = np.asarray(calibrate.fit("matrix", logits, y, CalibrateParams(odir=0.0))["scale"])
-    strong = np.asarray(calibrate.fit("matrix", logits, y, CalibrateParams(odir=100.0))["scale"])
+    weak = np.asarray(calibration.fit_map("matrix", logits, y, calibration.Settings(odir=0.0))["scale"])
+    strong = np.asarray(calibration.fit_map("matrix", logits, y, calibration.Settings(odir=100.0))["scale"])
     off = lambda w: np.abs(w - np.diag(np.diag(w))).sum()
     assert off(strong) < 0.2 * off(weak)
 
 
 def test_auto_takes_temperature_when_one_temperature_is_the_whole_story():
     logits, y = _sampled(2000, seed=2)
-    cal, scores, oof = calibrate.choose("auto", calibrate.METHODS, logits, y, Params())
+    cal, scores, oof = calibration.select("auto", calibration.METHODS, logits, y, calibration.Settings())
     assert cal["method"] == "temperature" and cal["temperature"] == pytest.approx(3.0, rel=0.1)
-    assert set(scores) == set(calibrate.METHODS) and oof.shape == logits.shape
+    assert set(scores) == set(calibration.METHODS) and oof.shape == logits.shape
     assert all(s["nll_gap"] >= 0 for s in scores.values())
 
 
 def test_auto_takes_a_richer_map_when_classes_are_miscalibrated_differently():
     # class 0's logit is inflated: only a per-class map can undo it
     logits, y = _sampled(3000, seed=3, distort=lambda z: z + np.array([2.5, 0.0, 0.0, 0.0]))
-    cal, scores, _ = calibrate.choose("auto", calibrate.METHODS, logits, y, Params())
+    cal, scores, _ = calibration.select("auto", calibration.METHODS, logits, y, calibration.Settings())
     assert cal["method"] != "temperature"
     assert scores["temperature"]["nll_gap"] > scores["temperature"]["nll_gap_se"]
     assert scores[cal["method"]]["argmax_changed"] > 0  # documented: a per-class map may change predictions
@@ -78,21 +79,21 @@ def test_auto_takes_a_richer_map_when_classes_are_miscalibrated_differently():
 
 def test_out_of_fold_scores_no_row_with_a_map_fitted_on_it():
     logits, y = _sampled(300, seed=4)
-    cal = calibrate.fit("isotonic", logits, y)
-    in_sample = nll(calibrate.probs(cal, logits), y)
-    assert nll(calibrate.out_of_fold("isotonic", logits, y, Params()), y) > in_sample
+    cal = calibration.fit_map("isotonic", logits, y)
+    in_sample = nll(calibration.apply_map(cal, logits), y)
+    assert nll(calibration.out_of_fold("isotonic", logits, y, calibration.Settings()), y) > in_sample
 
 
 def test_unknown_method_is_an_error_naming_the_param():
     with pytest.raises(ConfigError, match="calibrate.method: Input should be 'auto', 'temperature'"):
         parse_params({"calibrate": {"method": "platt"}})
     with pytest.raises(StageError, match="calibrate.method: unknown method 'platt'"):
-        calibrate.fit("platt", *_sampled(50))
+        calibration.fit_map("platt", *_sampled(50))
 
 
 def test_dirichlet_stays_finite_on_extreme_logits():
     logits, y = _sampled(200, seed=5, distort=lambda z: z * 500.0)  # softmax underflows to 0 in float64
-    p = calibrate.probs(calibrate.fit("dirichlet", logits, y), logits)
+    p = calibration.apply_map(calibration.fit_map("dirichlet", logits, y), logits)
     assert np.isfinite(p).all() and np.allclose(p.sum(1), 1.0)
 
 
@@ -104,7 +105,7 @@ def calibrated(tmp_path_factory):
 def test_stage_writes_the_calibrator_its_scores_and_the_reliability_plot(calibrated):
     metrics = json.loads((calibrated / "metrics/calibrate.json").read_text())
     cal = json.loads((calibrated / "models/calibration.json").read_text())
-    assert metrics["method"] == cal["method"] and set(metrics["candidates"]) == set(calibrate.METHODS)
+    assert metrics["method"] == cal["method"] and set(metrics["candidates"]) == set(calibration.METHODS)
     chosen = metrics["candidates"][cal["method"]]
     assert chosen["nll_gap"] <= chosen["nll_gap_se"]
     for side in ("before", "after"):

@@ -7,10 +7,10 @@ import stage_chain
 import torch
 from conftest import mixed_table
 
-from stages import calibrate, compress
-from stages.config import CompressParams, ConfigError, parse_params
-from stages.nets import MLP, Table, load_model
-from stages.serving import Predictor
+from tamis import calibration, compression
+from tamis.config import CompressParams, ConfigError, parse_params
+from tamis.nets import MLP, Table, load_model
+from tamis.serving import Predictor
 
 
 def test_pruning_removes_the_units_nothing_listens_to():
@@ -19,7 +19,7 @@ def test_pruning_removes_the_units_nothing_listens_to():
     with torch.no_grad():
         model.head.weight[:, 1::2] = 0.0  # odd units reach nothing
     table = Table.of(np.random.default_rng(0).normal(size=(64, 3)), np.zeros((64, 0)), np.zeros(64))
-    small = compress.prune(model, 0.5, table)
+    small = compression.prune(model, 0.5, table)
     assert small.arch["hidden"] == [4] and small.body[0].weight.shape == (4, 3) and small.head.weight.shape == (2, 4)
     assert torch.equal(small.body[0].weight, model.body[0].weight[0::2])
     assert torch.equal(small.body[1].weight, model.body[1].weight[0::2])  # LayerNorm entries follow their units
@@ -32,13 +32,13 @@ def test_smoothing_the_inputs_leaves_the_function_unchanged():
     num = torch.randn(16, 3) * torch.tensor([1.0, 30.0, 0.1])
     cat = torch.randint(0, 4, (16, 1))
     cal = {"method": "vector", "on": "logits", "scale": [1.2, 0.8, 1.0], "bias": [0.1, 0.0, -0.1]}
-    smooth = compress.smooth_scales(model, num.numpy(), 0.5)
+    smooth = compression.smooth_scales(model, num.numpy(), 0.5)
     assert not np.allclose(smooth, 1.0)
-    logits, probs = compress.Exported(model, cal, smooth)(num, cat)
+    logits, probs = compression.Exported(model, cal, smooth)(num, cat)
     with torch.no_grad():
         assert torch.allclose(logits, model(num, cat), atol=1e-5)
-        assert torch.allclose(probs, calibrate.Calibration(cal)(model(num, cat)), atol=1e-6)
-    assert np.array_equal(compress.smooth_scales(model, num.numpy(), 0.0), np.ones(3))
+        assert torch.allclose(probs, calibration.Calibration(cal)(model(num, cat)), atol=1e-6)
+    assert np.array_equal(compression.smooth_scales(model, num.numpy(), 0.0), np.ones(3))
 
 
 def test_pruning_everything_is_a_config_error_naming_the_param():
@@ -54,21 +54,20 @@ def test_gate_bounds_f1_ece_every_class_recall_and_batch_dependence():
     c = CompressParams()
     ref = _report(0.90, 0.02, [0.9, 0.9])
     rows = np.array([200, 10])  # one row of the small class is worth 0.1 of its recall
-    assert compress.gate(_report(0.895, 0.025, [0.88, 0.8]), ref, 0.0, rows, ["a", "b"], c)["passed"]
-    failures = compress.gate(_report(0.88, 0.04, [0.8, 0.9]), ref, 1e-2, rows, ["a", "b"], c)["failures"]
+    assert compression.gate(_report(0.895, 0.025, [0.88, 0.8]), ref, 0.0, rows, ["a", "b"], c)["passed"]
+    failures = compression.gate(_report(0.88, 0.04, [0.8, 0.9]), ref, 1e-2, rows, ["a", "b"], c)["failures"]
     assert len(failures) == 4
     assert "compress.max_f1_drop" in failures[0] and "compress.max_ece_rise" in failures[1]
     assert "class 'a'" in failures[2] and "with the batch" in failures[3]
-    strict = CompressParams(recall_rows=0)
-    assert not compress.gate(_report(0.9, 0.02, [0.9, 0.8]), ref, 0.0, rows, ["a", "b"], strict)["passed"]
+    assert not compression.gate(_report(0.9, 0.02, [0.9, 0.8]), ref, 0.0, rows, ["a", "b"], c, recall_rows=0)["passed"]
 
 
 def test_choose_ships_the_smallest_passing_variant_else_the_best_f1():
     def v(size, f1, passed):
         return {"size_bytes": size, "calib": {"macro_f1": f1, "ece": 0.01}, "gate": {"passed": passed}}
 
-    assert compress.choose({"a": v(300, 0.9, True), "b": v(100, 0.8, True), "c": v(50, 0.7, False)}) == ("b", True)
-    assert compress.choose({"a": v(300, 0.9, False), "b": v(100, 0.8, False)}) == ("a", False)
+    assert compression.pick_shipped({"a": v(300, 0.9, True), "b": v(100, 0.8, True), "c": v(50, 0.7, False)}) == ("b", True)
+    assert compression.pick_shipped({"a": v(300, 0.9, False), "b": v(100, 0.8, False)}) == ("a", False)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def test_stage_exports_prunes_quantises_and_ships_what_the_gate_chose(compressed
             assert v["parity_max_abs_error"] < 1e-4 and v["gate"]["batch_shift"] < 1e-4
         else:
             assert 0.0 <= v["top1_agreement_with_fp32"] <= 1.0
-    assert (metrics["chosen"], metrics["gate"]["passed"]) == compress.choose(variants)
+    assert (metrics["chosen"], metrics["gate"]["passed"]) == compression.pick_shipped(variants)
     assert metrics["gate"]["passed"] or "no variant passed the gate" in metrics["gate"]["warning"]
     serving = json.loads((compressed / "models/serving.json").read_text())
     assert serving["model"] == metrics["final_model"] == variants[metrics["chosen"]]["file"]
@@ -103,6 +102,6 @@ def test_the_shipped_graph_applies_the_students_calibration(compressed):
     num, cat = predictor.encoder.transform(frame)
     _, _, ckpt = load_model(compressed / "models/student.pt")
     logits = predictor.logits_encoded(num, cat).astype(np.float64)
-    assert np.abs(predictor.proba_encoded(num, cat) - calibrate.probs(ckpt["calibration"], logits)).max() < 1e-5
+    assert np.abs(predictor.proba_encoded(num, cat) - calibration.apply_map(ckpt["calibration"], logits)).max() < 1e-5
     shipped = Predictor.load(compressed / "models").predict(frame)
     assert list(shipped.columns) == ["label"] + [f"proba_c{k}" for k in range(4)] and len(shipped) == len(frame)

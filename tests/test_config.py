@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import (
+from tamis.config import (
     ConfigError,
     Params,
     apply_overrides,

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from stages.contract import Outputs, dumps
+from tamis.contract import Outputs, dumps
 
 
 def test_outputs_appear_together_on_success(tmp_path):

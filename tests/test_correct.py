@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from stages import correct
-from stages.config import parse_params
-from stages.contract import StageError, dumps
+from tamis import paths
+from tamis.config import parse_params
+from tamis.contract import StageError, dumps
 
 
 def issues_for(labels: list[str], predicted: list[str], top_prob: list[float], **columns) -> pd.DataFrame:
@@ -47,9 +48,9 @@ def write_inputs(root: Path, issues: pd.DataFrame, classes: list[str], calib: pd
     rows_of(calib).to_parquet(folder / "calib.parquet", index=False)
     schema = {"label": "label", "numeric": ["x"], "categorical": [], "classes": classes}
     (folder / "schema.json").write_text(dumps(schema))
-    (root / correct.ISSUES).parent.mkdir(parents=True)
+    (root / paths.ISSUES).parent.mkdir(parents=True)
     test_rows = issues.head(1).assign(split="test", row_id=2000)  # the audit's table holds every split
-    pd.concat([issues, calib, test_rows]).to_parquet(root / correct.ISSUES, index=False)
+    pd.concat([issues, calib, test_rows]).to_parquet(root / paths.ISSUES, index=False)
 
 
 def test_strategies_per_issue_type():

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.contract import StageError
-from stages.data import ROW_ID, Encoder, Schema, load_source, split_frame
+from tamis.contract import StageError
+from tamis.data import ROW_ID, Encoder, Schema, load_source, split_frame
 
 
 def test_load_sklearn_dataset_names_label_column():

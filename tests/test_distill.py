@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from conftest import mixed_table
 
-from stages import calibrate, distill
-from stages.contract import StageError
-from stages.losses import dkd_loss, nkd_loss, non_target_log_softmax
-from stages.nets import Table, load_model
+from stages import distill
+from tamis import calibration
+from tamis.contract import StageError
+from tamis.losses import dkd_loss, nkd_loss, non_target_log_softmax
+from tamis.nets import Table, load_model
 
 
 def test_dkd_is_zero_for_equal_logits_and_positive_otherwise():
@@ -65,7 +66,7 @@ def test_soft_targets_are_the_frozen_calibrated_teacher(distilled):
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     with torch.no_grad():
         raw = teacher(table.num, table.cat).numpy()
-    assert np.allclose(soft.exp().numpy(), calibrate.probs(cal, raw), atol=1e-5)
+    assert np.allclose(soft.exp().numpy(), calibration.apply_map(cal, raw), atol=1e-5)
 
 
 def test_stage_trains_both_students_and_keeps_the_better(distilled):
@@ -75,7 +76,7 @@ def test_stage_trains_both_students_and_keeps_the_better(distilled):
     assert metrics["kept"] == ("distilled" if better else "baseline")
     assert metrics["calib"] == metrics[metrics["kept"]]["calib"]
     student, _, ckpt = load_model(distilled / "models/student.pt")
-    assert ckpt["calibration"]["method"] in calibrate.PARAMETRIC and ckpt["distilled"] == (metrics["kept"] == "distilled")
+    assert ckpt["calibration"]["method"] in calibration.PARAMETRIC and ckpt["distilled"] == (metrics["kept"] == "distilled")
     assert student.arch["hidden"] == [16] and metrics["parameters"] < metrics["teacher_parameters"]
 
 

@@ -46,7 +46,7 @@ def test_stages_run_in_dag_order():
 def test_write_params_keeps_comments_and_checks_first(tmp_path):
     import pytest
 
-    from stages.config import ConfigError
+    from tamis.config import ConfigError
 
     text = (ROOT / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from stages.metrics import (
+from tamis.metrics import (
     adaptive_ece,
     brier,
-    calibration,
+    calibration_report,
     classification,
     classwise_ece,
     ece,
@@ -79,9 +79,9 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=300)
     y = rng.integers(0, 3, 300)
-    report = calibration(probs, y, resamples=100, seed=1)
+    report = calibration_report(probs, y, resamples=100, seed=1)
     for name in ("ece", "adaptive_ece", "classwise_ece", "mce", "nll", "brier"):
         low, high = report["ci95"][name]
         assert low <= report[name] <= high and low < high
-    assert calibration(probs, y, resamples=100, seed=1)["ci95"] == report["ci95"]
-    assert "ci95" not in calibration(probs, y)
+    assert calibration_report(probs, y, resamples=100, seed=1)["ci95"] == report["ci95"]
+    assert "ci95" not in calibration_report(probs, y)

@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.calibrate import fit_temperature
-from stages.contract import StageError
-from stages.data import Encoder
-from stages.losses import cross_entropy, kd_loss, soft_cross_entropy
-from stages.nets import (
+from tamis.calibration import fit_temperature
+from tamis.contract import StageError
+from tamis.data import Encoder
+from tamis.losses import cross_entropy, kd_loss, soft_cross_entropy
+from tamis.nets import (
     MLP,
     Table,
     fit,
@@ -112,13 +112,13 @@ def test_temperature_scaling_recovers_the_true_temperature():
 
 # --- robust losses, schedule, sampler, embeddings, prior adjustment ---------------------------------
 
-from stages.losses import (
+from tamis.losses import (
     elr_loss,
     generalized_cross_entropy,
     running_average,
     symmetric_cross_entropy,
 )
-from stages.nets import TemperatureSampler, macro_f1, warmup_cosine
+from tamis.nets import TemperatureSampler, tensor_macro_f1, warmup_cosine
 
 LOSSES = {
     "ce": lambda z, y, w: cross_entropy(z, y, w),
@@ -170,7 +170,7 @@ def test_macro_f1_matches_scikit_learn():
     rng = np.random.default_rng(0)
     y, pred = rng.integers(0, 5, 200), rng.integers(0, 4, 200)  # class 4 never predicted
     expected = f1_score(y, pred, labels=range(6), average="macro", zero_division=0)
-    assert macro_f1(torch.tensor(pred), torch.tensor(y), 6) == pytest.approx(expected)
+    assert tensor_macro_f1(torch.tensor(pred), torch.tensor(y), 6) == pytest.approx(expected)
 
 
 def test_temperature_sampler_cools_from_near_uniform_to_the_data_mix():
@@ -211,7 +211,7 @@ def test_fit_with_every_option_is_deterministic_and_keeps_the_best_macro_f1():
 
 def test_embeddings_learn_per_category_and_export_to_onnx(tmp_path):
     from stages.compress import Exported, export_onnx
-    from stages.serving import Predictor
+    from tamis.serving import Predictor
 
     model = MLP(2, [3, 5], 4, [8], 0.0, embedding_dim=4).eval()
     assert [e.embedding_dim for e in model.embeddings] == [3, 4]  # at most the category count
@@ -243,7 +243,7 @@ def test_quantile_encoder_matches_scikit_learn_and_stays_json(tmp_path):
     import pandas as pd
     from sklearn.preprocessing import QuantileTransformer
 
-    from stages.data import Schema
+    from tamis.data import Schema
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"a": rng.exponential(size=400), "b": rng.lognormal(size=400), "label": 0})

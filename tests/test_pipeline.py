@@ -4,6 +4,7 @@ local ephemeral API, MLflow on a SQLite file, small data and few epochs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -138,6 +139,18 @@ def test_nothing_changed_runs_nothing_and_registers_nothing(flow_runs):
     assert second["promote"]["version"] == first["promote"]["version"]
 
 
+def test_runtime_settings_rerun_nothing(flow_runs):
+    """--jobs / --threads only set parallelism: after a full run, changing them executes no stage."""
+    repo = flow_runs[0]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--repo", str(repo), "--jobs", "1", "--threads", "2"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 stage(s) ran: none, all up to date" in proc.stdout, proc.stdout[-2000:]
+
+
 def test_calibration_change_reruns_only_calibrate_and_after(flow_runs):
     _, _, _, third = flow_runs
     ran = {s["stage"] for s in third["stages"] if s["executed"]}
@@ -173,8 +186,8 @@ def test_champion_moves_only_for_a_model_at_least_as_good(flow_runs, mlflow_clie
     import torch
 
     from stages import compress, distill, promote
-    from stages.config import apply_overrides, parse_params, read_raw
-    from stages.nets import load_model, save_model
+    from tamis.config import apply_overrides, parse_params, read_raw
+    from tamis.nets import load_model, save_model
 
     repo = flow_runs[0]
     params = parse_params(read_raw(repo / "params.yaml"))

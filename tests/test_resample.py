@@ -7,9 +7,9 @@ import pytest
 from conftest import mixed_table
 
 from stages import resample
-from stages.config import ResampleParams, parse_params
-from stages.contract import StageError
-from stages.data import ROW_ID, Encoder, Schema
+from tamis.config import ResampleParams, parse_params
+from tamis.contract import StageError
+from tamis.data import ROW_ID, Encoder, Schema
 
 SCHEMA = Schema(label="label", numeric=["x1", "x2"], categorical=["color"], classes=["c0", "c1", "c2"])
 

@@ -8,9 +8,9 @@ import torch
 from conftest import mixed_table, run_stage
 
 from stages import resample, train
-from stages.config import parse_params
-from stages.data import ROW_ID, Schema
-from stages.nets import load_model
+from tamis.config import parse_params
+from tamis.data import ROW_ID, Schema
+from tamis.nets import load_model
 
 SCHEMA = Schema(label="label", numeric=["x1", "x2"], categorical=["color"], classes=["c0", "c1", "c2"])
 FAST = {"epochs": 4, "hidden": [32, 16], "patience": 2, "batch_size": 64}

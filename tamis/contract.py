@@ -19,11 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BAD_INPUT_EXIT = 2
+from tamis.config import load_params
+from tamis.errors import BAD_INPUT_EXIT, StageError
 
-
-class StageError(Exception):
-    """Bad input or an impossible setting, said in one sentence."""
+__all__ = ["BAD_INPUT_EXIT", "Outputs", "StageError", "dumps", "read_json", "stage_main"]
 
 
 class Outputs:
@@ -117,8 +116,6 @@ def read_json(path: str | Path) -> Any:
 
 def stage_main(name: str, run: Callable[..., dict]) -> None:
     """``python -m stages.<name>``: load params.yaml, run, one clear line on bad input."""
-    from stages.config import load_params
-
     try:
         params = load_params("params.yaml")
         run(params)

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
+ECE_BINS = 15  # equal-width confidence bins of every ECE / MCE tamis reports (one place for the count)
+
 
 def _bins(score: np.ndarray, bins: int, equal_mass: bool = False) -> np.ndarray:
     """Bin index per row: equal-width bins on [0, 1], or equal-mass bins (same row count each)."""
@@ -39,7 +41,7 @@ def _top1(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
 
 
-def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error of the top-1 confidence, equal-width bins."""
     if len(y) == 0:
         return float("nan")
@@ -47,7 +49,7 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     return float((share * gap).sum())
 
 
-def adaptive_ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+def adaptive_ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE with equal-mass bins: every bin holds the same number of rows, so none is nearly empty."""
     if len(y) == 0:
         return float("nan")
@@ -55,14 +57,14 @@ def adaptive_ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     return float((share * gap).sum())
 
 
-def mce(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+def mce(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """Maximum calibration error: the worst equal-width bin's gap."""
     if len(y) == 0:
         return float("nan")
     return float(_gaps(*_top1(probs, y), bins)[1].max())
 
 
-def classwise_ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+def classwise_ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """Mean over classes of the ECE of p(class k) against 1[y = k] (every probability, not just the top one)."""
     probs, y = np.asarray(probs), np.asarray(y)
     if len(y) == 0:
@@ -85,7 +87,7 @@ def brier(probs: np.ndarray, y: np.ndarray) -> float:
     return float(((probs - onehot) ** 2).sum(axis=1).mean())
 
 
-def classification(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str, float | list[float]]:
+def classification(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict[str, float | list[float]]:
     """The numbers every stage reports for a model on a labelled split."""
     probs, y = np.asarray(probs), np.asarray(y)
     pred = probs.argmax(axis=1)
@@ -115,7 +117,7 @@ CALIBRATION_METRICS = {
 }
 
 
-def calibration(probs: np.ndarray, y: np.ndarray, bins: int = 15, resamples: int = 0, seed: int = 0) -> dict[str, Any]:
+def calibration_report(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS, resamples: int = 0, seed: int = 0) -> dict[str, Any]:
     """Every calibration metric; with ``resamples`` > 0 also a 95% bootstrap interval for each."""
     probs, y = np.asarray(probs), np.asarray(y)
     out: dict[str, Any] = {name: fn(probs, y, bins) for name, fn in CALIBRATION_METRICS.items()}

@@ -2,7 +2,7 @@
 
 Needs only numpy, pandas and onnxruntime (no torch), so it runs wherever the
 model is served. It is also the MLflow pyfunc model (models-from-code): promote
-logs this file with the ``stages`` package as code, and
+logs this file with the ``tamis`` package as code, and
 ``mlflow.pyfunc.load_model(...).predict(frame)`` returns a DataFrame with a
 ``label`` column and one ``proba_<class>`` column per class.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.data import Encoder
+from tamis.data import Encoder
 
 
 class Predictor:

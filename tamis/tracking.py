@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stages.config import load_yaml
+from tamis import dvcfiles
 
 RUN_ENV = "TAMIS_RUN_ID"
 STAGE_TAG = "tamis.stage"
@@ -84,11 +84,23 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+def declared_params(keys: list[str], params: Any) -> dict[str, Any]:
+    """The values of ``keys`` (``train``, ``resample.method``), flattened as DVC records them in dvc.lock."""
+    data = params.model_dump(by_alias=True, mode="json")
+    out: dict[str, Any] = {}
+    for key in keys:
+        node: Any = data
+        for part in key.split("."):
+            node = node[part]
+        out.update(flatten_params(node, f"{key}.") if isinstance(node, dict) and node else {key: node})
+    return out
+
+
 @contextlib.contextmanager
 def stage_run(
-    stage: str, params: Any, sections: tuple[str, ...] = (), root: str | Path = ".", parent_run_id: str | None = None
+    stage: str, params: Any, root: str | Path = ".", parent_run_id: str | None = None, keys: list[str] | None = None
 ) -> Iterator[Any]:
-    """The MLflow run a stage logs into, with its params sections, commit and stage tags.
+    """The MLflow run a stage logs into, with the params dvc.yaml declares for it (or ``keys``), commit and stage tags.
 
     Inside a flow the run already exists (``TAMIS_RUN_ID``); otherwise a new one
     starts, nested under ``parent_run_id`` when given.
@@ -103,9 +115,7 @@ def stage_run(
         kwargs = {"experiment_id": exp_id, "run_name": stage, "parent_run_id": parent_run_id}
     with mlflow.start_run(**kwargs) as run:
         mlflow.set_tags({STAGE_TAG: stage, "tamis.git_commit": git_commit(root)})
-        logged = {"seed": params.seed, "device": params.device}
-        for name in sections:
-            logged.update({f"{name}.{k}": v for k, v in flatten_params(params.section(name)).items()})
+        logged = declared_params(dvcfiles.stage_params(stage, root) if keys is None else keys, params)
         mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
         yield run
         mlflow.set_tag(EXECUTED_TAG, "true")
@@ -148,12 +158,3 @@ def log_dataset(frame: Any, name: str, source: str, context: str) -> str:
             dataset = mlflow.data.from_pandas(frame, source=str(Path(source).resolve()), name=name)
     mlflow.log_input(dataset, context=context)
     return dataset.digest
-
-
-def lock_hashes(stage: str, root: str | Path = ".", kind: str = "deps") -> dict[str, str]:
-    """A stage's ``deps`` (or ``outs``) hashes as DVC recorded them in dvc.lock (path -> md5)."""
-    lock = Path(root) / "dvc.lock"
-    if not lock.exists():
-        return {}
-    entry = (load_yaml(lock.read_text()) or {}).get("stages", {}).get(stage, {})
-    return {d["path"]: d.get("md5") or d.get("hash", "") for d in entry.get(kind, [])}

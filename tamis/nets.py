@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.contract import StageError
-from stages.data import Encoder
+from tamis.contract import StageError
+from tamis.data import Encoder
 
 
 def seed_everything(seed: int) -> None:
@@ -173,7 +173,7 @@ def warmup_cosine(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - n_warm) / max(1, total - n_warm)))
 
 
-def macro_f1(pred: torch.Tensor, y: torch.Tensor, n_classes: int) -> float:
+def tensor_macro_f1(pred: torch.Tensor, y: torch.Tensor, n_classes: int) -> float:
     """Macro-F1 over all classes (a class never predicted nor present counts 0, as scikit-learn's)."""
     tp = torch.bincount(y[pred == y], minlength=n_classes)
     both = torch.bincount(pred, minlength=n_classes) + torch.bincount(y, minlength=n_classes)
@@ -206,7 +206,7 @@ class TemperatureSampler:
         return torch.multinomial(torch.as_tensor(per_row), len(self.y), replacement=True, generator=gen)
 
 
-def schedule(section: Any) -> dict[str, Any]:
+def fit_args(section: Any) -> dict[str, Any]:
     """The ``fit`` arguments every model section of params shares (audit, train, distill)."""
     return {k: getattr(section, k) for k in ("epochs", "batch_size", "lr", "weight_decay")}
 
@@ -282,7 +282,7 @@ def fit(
             logits = logits_of(model, val)
             row["val_nll"] = F.cross_entropy(logits, val.y).item()
             row["val_accuracy"] = (logits.argmax(1) == val.y).float().mean().item()
-            row["val_macro_f1"] = macro_f1(logits.argmax(1), val.y, logits.shape[1])
+            row["val_macro_f1"] = tensor_macro_f1(logits.argmax(1), val.y, logits.shape[1])
             score = (row["val_macro_f1"], -row["val_nll"]) if monitor == "macro_f1" else (-row["val_nll"],)
             if score > best[0]:
                 best = (score, epoch, copy.deepcopy(model.state_dict()))

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.contract import StageError, read_json
+from tamis import paths
+from tamis.contract import StageError, read_json
 
 SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer")
 ROW_ID = "row_id"
 SPLITS = ("train", "calib", "test")
-CORRECTED = Path("data/corrected")  # what correct writes: the corrected train split and the trusted calib split
 # Columns tamis adds beside the user's features; never fed to a model.
 META_COLUMNS = (ROW_ID, "split", "weight", "original_label", "action", "reason", "synthetic")
 
@@ -98,7 +98,7 @@ def read_split(folder: str | Path, split: str) -> pd.DataFrame:
 
 def read_calib(root: str | Path) -> pd.DataFrame:
     """The calibration split as correct left it: the rows the audit trusts (see stages/correct.py)."""
-    return read_split(Path(root) / CORRECTED, "calib")
+    return read_split(Path(root) / paths.CORRECTED, "calib")
 
 
 def feature_columns(frame: pd.DataFrame, label: str) -> list[str]:

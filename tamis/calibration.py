@@ -1,0 +1,226 @@
+"""Calibrators: fitted on a model's logits, stored as plain JSON, applied by numpy and baked into ONNX.
+
+- parametric, a linear map then softmax, exported as graph ops:
+  ``temperature`` (logits / T, T fitted as log T so it stays positive),
+  ``vector`` (per-class scale and bias on the logits), ``matrix`` (full
+  matrix and bias on the logits) and ``dirichlet`` (full matrix and bias on
+  the log-probabilities); matrix and Dirichlet are regularised with ODIR, an
+  L2 penalty on the off-diagonal weights and the biases (``calibrate.odir``);
+- one-vs-rest, a monotone map per class then renormalisation:
+  ``isotonic`` (piecewise linear) and ``histogram`` binning (equal-mass bins).
+
+Only temperature scaling can never change the predicted class. ``select``
+scores candidates by out-of-fold NLL over stratified folds and takes the
+simplest within one standard error of the best. Used by the calibrate,
+distill, compress and evaluate stages; it is a library, not a stage, so a
+change to one stage's report does not re-run the others.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from tamis.errors import StageError
+from tamis.metrics import ECE_BINS, ece, softmax
+
+PARAMETRIC = ("temperature", "vector", "matrix", "dirichlet")
+METHODS = ("temperature", "vector", "histogram", "matrix", "dirichlet", "isotonic")  # simplest first
+FLOOR = 1e-4  # one-vs-rest maps can reach 0; a floor keeps the NLL finite
+MAX_ITER = 500  # L-BFGS iterations of the parametric fits (matrix / dirichlet may need a few hundred)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How calibrators are fitted and scored: the ODIR penalty, histogram bins, folds and their seed."""
+
+    odir: float = 1.0
+    histogram_bins: int = 15
+    folds: int = 5
+    seed: int = 0
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax without underflow: log-probabilities stay finite however far apart the logits are."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, bool]:
+    """(T, converged): the T minimising NLL of softmax(logits / T) on (logits, y), fitted as log T."""
+    cal = fit_map("temperature", logits, y, Settings())
+    return cal["temperature"], cal["converged"]
+
+
+def _linear_fit(method: str, x: np.ndarray, y: np.ndarray, odir: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(W, b, converged) minimising mean NLL of softmax(x W^T + b) (+ ODIR penalty) by L-BFGS.
+
+    The free parameters are log T (temperature: W = I / T, b = 0), a scale and
+    bias per class (vector: W diagonal) or the whole W and b (matrix); the
+    gradient is exact: d NLL / d(W, b) = ((softmax - onehot)^T x, sum(softmax - onehot)) / n.
+    """
+    from scipy.optimize import minimize
+
+    n, k = x.shape
+    onehot = np.eye(k)[y]
+    eye = np.eye(k)
+
+    def unpack(theta):
+        if method == "temperature":
+            return np.exp(-theta[0]) * eye, np.zeros(k)
+        if method == "vector":
+            return np.diag(theta[:k]), theta[k:]
+        return theta[: k * k].reshape(k, k), theta[k * k :]
+
+    def objective(theta):
+        w, b = unpack(theta)
+        z = x @ w.T + b
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss = -(onehot * log_p).sum() / n
+        g = (np.exp(log_p) - onehot) / n
+        gw, gb = g.T @ x, g.sum(axis=0)
+        if method == "temperature":
+            return loss, np.array([-np.exp(-theta[0]) * np.trace(gw)])
+        loss += odir * (b**2).mean()  # every penalty is a mean of squares, weighted by odir
+        gb = gb + 2 * odir * b / k
+        if method == "vector":  # scales shrunk towards their mean (temperature scaling)
+            spread = theta[:k] - theta[:k].mean()
+            return loss + odir * (spread**2).mean(), np.concatenate([np.diag(gw) + 2 * odir * spread / k, gb])
+        off = w - np.diag(np.diag(w))  # ODIR: off-diagonal weights shrunk towards 0
+        loss += odir * (off**2).sum() / max(1, k * (k - 1))
+        return loss, np.concatenate([(gw + 2 * odir * off / max(1, k * (k - 1))).ravel(), gb])
+
+    init = {"temperature": np.zeros(1), "vector": np.r_[np.ones(k), np.zeros(k)]}.get(method, np.r_[eye.ravel(), np.zeros(k)])
+    res = minimize(objective, init, jac=True, method="L-BFGS-B", options={"maxiter": MAX_ITER})
+    w, b = unpack(res.x)
+    return w, b, bool(res.success and np.isfinite(res.fun))
+
+
+def fit_map(method: str, logits: np.ndarray, y: np.ndarray, s: Settings = Settings()) -> dict:
+    """A calibrator for ``method`` fitted on (logits, y), as JSON-able data."""
+    k = logits.shape[1]
+    if method in PARAMETRIC:
+        on = "log_probs" if method == "dirichlet" else "logits"
+        x = log_softmax(logits) if on == "log_probs" else np.asarray(logits, dtype=np.float64)
+        w, b, converged = _linear_fit("matrix" if method == "dirichlet" else method, x, y, s.odir)
+        cal = {"method": method, "on": on, "scale": w.tolist(), "bias": b.tolist(), "converged": converged}
+        if method == "temperature":
+            cal.update(scale=float(w[0, 0]), temperature=float(1.0 / w[0, 0]))
+        elif method == "vector":
+            cal["scale"] = np.diag(w).tolist()
+        return cal
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        p, maps = softmax(logits), []
+        for j in range(k):
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p[:, j], y == j)
+            maps.append({"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()})
+        return {"method": method, "maps": maps}
+    if method == "histogram":
+        p, maps = softmax(logits), []
+        for j in range(k):
+            edges = np.unique(np.quantile(p[:, j], np.linspace(0, 1, s.histogram_bins + 1)[1:-1]))
+            which = np.searchsorted(edges, p[:, j], side="right")
+            hit = (y == j).astype(np.float64)
+            values = [float(hit[which == b].mean()) if (which == b).any() else 0.0 for b in range(len(edges) + 1)]
+            maps.append({"edges": edges.tolist(), "values": values})
+        return {"method": method, "maps": maps}
+    raise StageError(f"calibrate.method: unknown method '{method}'; expected auto or one of {', '.join(METHODS)}.")
+
+
+def apply_map(cal: dict, logits: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities of ``logits`` under calibrator ``cal`` (numpy; the ONNX graph does the same)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if cal["method"] in PARAMETRIC:
+        x = logits if cal["on"] == "logits" else log_softmax(logits)
+        scale = np.asarray(cal["scale"])
+        return softmax((x @ scale.T if scale.ndim == 2 else x * scale) + np.asarray(cal["bias"]))
+    p = softmax(logits)
+    if cal["method"] == "isotonic":
+        out = np.stack([np.interp(p[:, j], m["x"], m["y"]) for j, m in enumerate(cal["maps"])], axis=1)
+    else:
+        out = np.stack(
+            [np.asarray(m["values"])[np.searchsorted(m["edges"], p[:, j], side="right")] for j, m in enumerate(cal["maps"])],
+            axis=1,
+        )
+    out = np.maximum(out, FLOOR)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+class Calibration(nn.Module):
+    """A parametric calibrator as torch ops: logits -> calibrated probabilities (for the ONNX graph)."""
+
+    def __init__(self, cal: dict):
+        super().__init__()
+        if cal["method"] not in PARAMETRIC:
+            raise StageError(
+                f"calibration method '{cal['method']}' cannot be baked into the ONNX graph; "
+                f"use one of {', '.join(PARAMETRIC)} (distill.calibration)."
+            )
+        self.on_log_probs = cal["on"] == "log_probs"
+        self.register_buffer("scale", torch.as_tensor(cal["scale"], dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(cal["bias"], dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        x = torch.log_softmax(logits, dim=1) if self.on_log_probs else logits
+        # x @ W^T written as multiply-and-sum: no int8 quantiser takes it for a layer's weights
+        x = (x[:, None, :] * self.scale).sum(-1) if self.scale.dim() == 2 else x * self.scale
+        return torch.softmax(x + self.bias, dim=1)
+
+
+def out_of_fold(method: str, logits: np.ndarray, y: np.ndarray, s: Settings, apply_to: np.ndarray | None = None) -> np.ndarray:
+    """Calibrated probabilities of every row from a calibrator fitted without it (stratified folds).
+
+    Scores of calibrated models on the calibration split are taken from these,
+    so no model is scored on rows its own calibrator was fitted on. With
+    ``apply_to`` the maps fitted on ``logits`` calibrate these other logits of
+    the same rows (an int8 model calibrated by its FP32 model's map).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = max(2, min(s.folds, int(np.bincount(y).min())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class with fewer rows than folds: some folds lack it
+        splits = StratifiedKFold(folds, shuffle=True, random_state=s.seed).split(logits, y)
+        oof = np.zeros(logits.shape)
+        for fit_idx, held in splits:
+            target = logits if apply_to is None else apply_to
+            oof[held] = apply_map(fit_map(method, logits[fit_idx], y[fit_idx], s), target[held])
+    return oof
+
+
+def select(
+    method: str, candidates: tuple[str, ...], logits: np.ndarray, y: np.ndarray, s: Settings
+) -> tuple[dict, dict[str, dict[str, float]], np.ndarray]:
+    """(calibrator fitted on all of (logits, y), each candidate's out-of-fold scores, the chosen one's out-of-fold probabilities).
+
+    ``auto`` takes the simplest candidate (in ``candidates`` order) whose
+    out-of-fold NLL is within one standard error of the lowest (the paired
+    standard error of the per-row difference): on a small split a richer map
+    must be clearly better to be trusted. A named method is fitted as asked.
+    """
+    tried = candidates if method == "auto" else (method,)
+    oof = {m: out_of_fold(m, logits, y, s) for m in tried}
+    row_nll = {m: -np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)) for m, p in oof.items()}
+    best = min(tried, key=lambda m: row_nll[m].mean())
+    scores = {}
+    for m in tried:
+        gap = row_nll[m] - row_nll[best]
+        scores[m] = {
+            "nll": float(row_nll[m].mean()),
+            "nll_gap": float(gap.mean()),
+            "nll_gap_se": float(gap.std() / np.sqrt(len(y))),
+            "ece": ece(oof[m], y, ECE_BINS),
+            "accuracy": float((oof[m].argmax(1) == y).mean()),
+            "argmax_changed": float((oof[m].argmax(1) != logits.argmax(1)).mean()),
+        }
+    if method == "auto":
+        method = next(m for m in tried if scores[m]["nll_gap"] <= scores[m]["nll_gap_se"])
+    return fit_map(method, logits, y, s), scores, oof[method]
