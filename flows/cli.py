@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows import registry_cli
 from tamis import runtime, tracking
 from tamis.contract import BAD_INPUT_EXIT, StageError
 
@@ -25,16 +26,36 @@ def _absolute_paths(overrides: list[str]) -> list[str]:
     return out
 
 
+def without_inherited_noise(overrides: list[str], raw: dict) -> list[str]:
+    """Demo label noise is for the demo: pointing ``data.train`` at other data switches it off unless asked for."""
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    current = (raw.get("data") or {}).get("train")
+    moved = any(item.partition("=")[0].strip() == "data.train" and item.partition("=")[2].strip() != current for item in overrides)
+    if moved and not any(k == "data.inject_noise" or k.startswith("data.inject_noise.") for k in keys):
+        return overrides + ["data.inject_noise=null"]
+    return overrides
+
+
+def _noise_line(result: dict) -> str:
+    noise = result.get("inject_noise")
+    if not noise:
+        return "  labels    as given (no noise injected)"
+    return (f"  labels    demo noise: {noise['rate']:.0%} of the training labels flipped ({noise['kind']}, "
+            f"data.inject_noise; set it to null for real data)")
+
+
 def _summary(result: dict, repo: Path) -> str:
     ev, pr = result["evaluate"], result["promote"]
     ran = [s["stage"] for s in result["stages"] if s["executed"]]
     uri = tracking.tracking_uri(repo)
+    champion = f"v{pr['champion_version']}" if pr["champion_version"] else "none"
     return "\n".join(
         [
             "",
             f"tamis: pipeline finished ({len(ran)} stage(s) ran: {', '.join(ran) or 'none, all up to date'})",
             f"  model     {repo / 'models' / ev['final_model']}  (registered '{pr['model_name']}' v{pr['version']},"
-            f" alias challenger; champion is v{pr['champion_version']}: {pr['reason']})",
+            f" alias challenger; champion is {champion}: {pr['reason']})",
+            _noise_line(result),
             f"  metrics   {repo / 'metrics/evaluate.json'}  accuracy {ev['accuracy']:.4f}"
             f"  macro-F1 {ev['macro_f1']:.4f}  ECE {ev['ece']:.4f}",
             f"  card      {repo / 'reports/model_card.md'}",
@@ -50,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_p = sub.add_parser("serve", help="run the pipeline on a schedule on this machine (flow.serve)")
     init_p = sub.add_parser("init", help="start a new tamis project (git + DVC) in an empty folder")
     init_p.add_argument("dest", help="the new project folder")
+    registry_cli.add_parsers(sub)
     for p in (run_p, serve_p):
         p.add_argument("--repo", default=".", help="the tamis checkout to run in (default: here)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -72,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             return BAD_INPUT_EXIT
         print(f"tamis: new project in {dest}; edit params.yaml (data.train), then: cd {dest} && tamis run")
         return 0
+    if args.command in registry_cli.COMMANDS:
+        try:
+            return registry_cli.run(args)
+        except StageError as err:
+            print(f"tamis: {err}", file=sys.stderr)
+            return BAD_INPUT_EXIT
     # parallelism is a runtime setting, not a DVC param: the stage processes inherit it, and nothing re-runs for it
     if args.jobs is not None:
         os.environ[runtime.JOBS_ENV] = str(args.jobs)
@@ -81,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (repo / "dvc.yaml").exists():
         print(f"tamis: {repo} has no dvc.yaml; point --repo at a tamis checkout.", file=sys.stderr)
         return BAD_INPUT_EXIT
-    overrides = _absolute_paths(args.overrides)
     from flows.retrain import StageFailed, retrain, write_params
     from tamis.config import apply_overrides, parse_params, read_raw
 
     try:
+        overrides = without_inherited_noise(_absolute_paths(args.overrides), read_raw(repo / "params.yaml"))
         # a typo in --set is refused here, before a server starts or params.yaml is touched
         parse_params(apply_overrides(read_raw(repo / "params.yaml"), overrides), "params.yaml with --set overrides")
         if args.command == "serve":

@@ -193,4 +193,5 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
         if (root / report).exists():
             client.log_artifact(parent, str(root / report))
     client.set_terminated(parent, "FINISHED")
-    return {"parent_run_id": parent, "stages": results, "promote": promoted, "evaluate": evaluation}
+    noise = params.data.inject_noise.model_dump() if params.data.inject_noise else None
+    return {"parent_run_id": parent, "stages": results, "promote": promoted, "evaluate": evaluation, "inject_noise": noise}

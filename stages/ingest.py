@@ -9,6 +9,7 @@ which only evaluate reads.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,12 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     truth = pd.DataFrame({ROW_ID: [], "true_label": [], "given_label": [], "flipped": []})
     if d.inject_noise is not None:
         train, truth = inject_noise(train, d.label, d.inject_noise)
+        if not d.train.startswith("sklearn:"):  # a demo setting on real data: say so, every time
+            print(
+                f"tamis ingest: warning: data.inject_noise flips {d.inject_noise.rate:.0%} of the training labels of "
+                f"{d.train} (a demo setting); set data.inject_noise=null for real data.",
+                file=sys.stderr,
+            )
     meta = {
         "source": {"train": d.train, "test": d.test},
         "rows": {"train": len(train), "calib": len(calib), "test": len(test)},

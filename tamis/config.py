@@ -285,7 +285,18 @@ class CompressParams(Section):
 
 
 class PromoteParams(Section):
-    model_name: str = Field("tamis", min_length=1)
+    model_name: str = Field("auto", min_length=1)
+    """The MLflow registered model; ``auto``: ``tamis-<data source>-<label>``, so new data starts its own line."""
+    min_gain: float = Field(0.0, ge=0.0)
+    """The challenger's macro-F1 must beat the champion's by more than 0 and by at least this."""
+    max_ece_rise: float = Field(0.01, ge=0.0)
+    max_class_recall_drop: float = Field(0.05, ge=0.0, le=1.0)
+    """No class's recall may drop by more (or by more than one of its rows, when one row is worth more)."""
+    min_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
+    """Absolute floor: a challenger below it never becomes champion (null: none)."""
+    max_ece: float | None = Field(None, ge=0.0, le=1.0)
+    min_rows: int = Field(50, ge=1)
+    """Fewest test rows, unseen by both models, that a comparison needs; with fewer the alias stays."""
 
 
 class TrackingParams(Section):
