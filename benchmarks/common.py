@@ -85,11 +85,12 @@ def run_tamis(
     test: pd.DataFrame,
     overrides: list[str] | None = None,
     timeout: int = 3600,
+    targets: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the real pipeline (``dvc repro``) on ``train`` and score it on ``test``.
+    """Run the real pipeline (``dvc repro [targets]``) on ``train`` and score it on ``test``.
 
-    Returns evaluate.json plus the audit's issues and the wall time. The tables
-    go to CSV so the pipeline reads them as a user's files would be read.
+    Returns evaluate.json (when evaluate ran) plus the audit's issues and the wall time. The
+    tables go to CSV so the pipeline reads them as a user's files would be read.
     """
     repo = workspace.create(workdir / "repo")
     train.to_csv(workdir / "train.csv", index=False)
@@ -107,12 +108,14 @@ def run_tamis(
     env.setdefault("GX_ANALYTICS_ENABLED", "false")
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "dvc", "repro", *(targets or [])], cwd=repo, env=env, capture_output=True, text=True,
+        timeout=timeout,
     )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"tamis failed in {repo}:\n{proc.stderr[-3000:]}")
-    result = json.loads((repo / "metrics/evaluate.json").read_text())
+    evaluation = repo / "metrics/evaluate.json"
+    result = json.loads(evaluation.read_text()) if evaluation.exists() else {}
     result["wall_seconds"] = wall
     result["repo"] = str(repo)
     result["issues"] = pd.read_parquet(repo / "data/audit/issues.parquet")

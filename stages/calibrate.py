@@ -19,17 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from tamis import paths, tracking
-from tamis.calibration import METHODS, Settings, apply_map, select
+from tamis.calibration import METHODS, Settings, apply_map, noise_matrix, select
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, stage_main
-from tamis.data import read_calib
-from tamis.metrics import ECE_BINS, calibration_report, classification, softmax
+from tamis.data import audit_probs, read_calib
+from tamis.metrics import ECE_BINS, calibration_report, classification, noise_corrected_ece, softmax
 from tamis.nets import Table, load_model, logits_of
 
-def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher logits and class indices on the calibration split."""
+def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Teacher logits, class indices and (``calibrate.noise_aware``) the labels' noise matrix on the calibration split.
+
+    The noise matrix comes from the audit's out-of-sample probabilities of the
+    very rows calibration fits on (fold models never trained on calib rows).
+    """
     model, encoder, _ = load_model(root / paths.TEACHER)
     calib = read_calib(root)
     y = encoder.labels(calib[params.data.label], "calib split")
@@ -40,7 +45,10 @@ def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray]:
             f"calib split lacks class(es) {names}; raise data.calib_size so every class is in it."
         )
     logits = logits_of(model, Table.of(*encoder.transform(calib), y)).numpy()
-    return logits, y
+    noise = None
+    if params.calibrate.noise_aware:
+        noise = noise_matrix(y, audit_probs(pd.read_parquet(root / paths.ISSUES), calib, len(encoder.classes)))
+    return logits, y, noise
 
 
 def reliability_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], bins: int, title: str) -> None:
@@ -66,26 +74,33 @@ def reliability_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
     plt.close(fig)
 
 
-def report(p: np.ndarray, y: np.ndarray, params: Params) -> dict[str, Any]:
-    """Classification numbers plus every calibration metric with bootstrap intervals."""
-    return {**classification(p, y, ECE_BINS), **calibration_report(p, y, ECE_BINS, params.calibrate.bootstrap, params.seed)}
+def report(p: np.ndarray, y: np.ndarray, params: Params, noise: np.ndarray | None) -> dict[str, Any]:
+    """Classification numbers, every calibration metric with bootstrap intervals, and the noise-corrected ECE."""
+    out = {**classification(p, y, ECE_BINS), **calibration_report(p, y, ECE_BINS, params.calibrate.bootstrap, params.seed)}
+    if noise is not None:  # what the ECE would be against clean labels, estimated through T
+        out["ece_noise_corrected"] = noise_corrected_ece(p, y, noise, ECE_BINS)
+    return out
 
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
-    logits, y = calib_logits(params, root)
+    logits, y, noise = calib_logits(params, root)
     with tracking.stage_run("calibrate", params, root):
-        settings = Settings(params.calibrate.odir, params.calibrate.histogram_bins, params.calibrate.folds, params.seed)
-        cal, scores, after = select(params.calibrate.method, METHODS, logits, y, settings)
+        c = params.calibrate
+        settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, noise)
+        cal, scores, after = select(c.method, METHODS, logits, y, settings)
+        cal["noise"] = None if noise is None else noise.tolist()  # distill and compress calibrate with the same T
         before = softmax(logits)
         metrics = {
             "method": cal["method"],
-            "asked": params.calibrate.method,
+            "asked": c.method,
+            "noise_aware": noise is not None,
+            "estimated_label_noise": None if noise is None else float(1.0 - np.trace(noise) / len(noise)),
             "converged": cal.get("converged", True),
             "argmax_changed": float((apply_map(cal, logits).argmax(1) != before.argmax(1)).mean()),
             "candidates": scores,
-            "before": report(before, y, params),
-            "after": report(after, y, params),  # out-of-fold: each row calibrated by a map fitted without it
+            "before": report(before, y, params, noise),
+            "after": report(after, y, params, noise),  # out-of-fold: each row calibrated by a map fitted without it
         }
         if "temperature" in cal:
             metrics["temperature"] = cal["temperature"]

@@ -19,8 +19,10 @@ ECE rise by at most ``max_ece_rise``, no class's recall drop by more than
 row is worth more: a small split cannot resolve less), and a row's
 probabilities must not depend on the batch it is sent in (``compress.max_batch_shift``). The smallest
 passing variant on disk ships (size, not latency: the choice must be
-deterministic). When none passes, the one with the best macro-F1 ships and the
-stage says so. Size on disk and median latency at batch 1 and 256 with
+deterministic). When none passes, no failing variant ships: the calibrated
+teacher is exported (FP32, its calibration in the graph) and ships instead, gated
+like the others, and the stage says so. With noisy calib labels (calibrate's
+noise matrix) the gate's ECE is the noise-corrected estimate. Size on disk and median latency at batch 1 and 256 with
 ``TAMIS_THREADS`` threads (``tamis run --threads``) are measured for every variant and for the torch
 teacher, in this process.
 
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from tamis import paths, runtime, tracking
-from tamis.calibration import Settings, fit_map, out_of_fold
+from tamis.calibration import PARAMETRIC, Settings, fit_map, out_of_fold, select
 from tamis.compression import (
     PARITY_ATOL,
     Exported,
@@ -57,7 +59,7 @@ from tamis.compression import (
 from tamis.config import CompressParams, Params
 from tamis.contract import Outputs, StageError, read_json, stage_main
 from tamis.data import read_calib, read_split
-from tamis.metrics import ECE_BINS, classification
+from tamis.metrics import ECE_BINS, classification, noise_corrected_ece
 from tamis.nets import MLP, Table, load_model, logits_of, param_count, resolve_device, seed_everything
 from tamis.serving import Predictor
 
@@ -83,6 +85,7 @@ class Candidate:
     model: MLP
     calibration: dict
     hidden: list[int] | None = None  # pruned copies: the widths left
+    quantize: bool = True  # int8 variants too (the teacher fallback ships in FP32)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"parameters": param_count(self.model)}
@@ -118,6 +121,23 @@ class Scoring:
     gate: CompressParams
 
 
+def onnx_calibration(teacher_cal: dict, logits: np.ndarray, y: np.ndarray, settings: Settings) -> dict:
+    """The teacher's calibration as graph ops: its own when parametric, else the best parametric map."""
+    if teacher_cal["method"] in PARAMETRIC:
+        return teacher_cal
+    return select("auto", PARAMETRIC, logits, y, settings)[0]
+
+
+def calib_report(probs: np.ndarray, y: np.ndarray, noise: np.ndarray | None) -> dict[str, Any]:
+    """Classification numbers on the calib split; with noisy calib labels the gate's ECE is the noise-corrected one
+    (against the given labels an ECE rewards models that match the noise)."""
+    report = classification(probs, y, ECE_BINS)
+    if noise is not None:
+        report["ece_given_labels"] = report["ece"]
+        report["ece"] = noise_corrected_ece(probs, y, noise, ECE_BINS)
+    return report
+
+
 def export_files(cand: Candidate, folder: Path, rows: Rows, serving: dict, params: Params) -> tuple[dict[str, Path], float]:
     """(files, parity): ``<name>.fp32.onnx`` (checked against torch within ``PARITY_ATOL``) and one file per int8 kind."""
     c = params.compress
@@ -133,7 +153,7 @@ def export_files(cand: Candidate, folder: Path, rows: Rows, serving: dict, param
             f"ONNX export of {cand.name} disagrees with torch by {parity:.2e} (> {PARITY_ATOL:g}); the exported graph is wrong."
         )
     feeds = [fp32.feeds(rows.quant_num[i : i + 64], rows.quant_cat[i : i + 64]) for i in range(0, len(rows.quant_num), 64)]
-    for kind in c.quantize:
+    for kind in c.quantize if cand.quantize else []:
         files[kind] = folder / f"{cand.name}.{kind}.onnx"
         quantize(kind, files["fp32"], files[kind], feeds)
     return files, parity
@@ -151,7 +171,7 @@ def score_variants(cand: Candidate, files: dict[str, Path], serving: dict, scori
         p, logits = predictor.proba_encoded(rows.num, rows.cat), predictor.logits_encoded(rows.num, rows.cat)
         # the calibration in every variant's graph is the FP32 model's map, so the out-of-fold maps are fitted on FP32 logits too
         oof = out_of_fold(method, fp32_logits.astype(np.float64), rows.y, scoring.settings, logits.astype(np.float64))
-        report = classification(oof, rows.y, ECE_BINS)
+        report = calib_report(oof, rows.y, scoring.settings.noise)
         shift = batch_shift(predictor, rows.num, rows.cat)
         against = {} if kind == "fp32" else {  # FP32's own parity against torch is added by the caller
             "top1_agreement_with_fp32": float((p.argmax(1) == fp32_probs.argmax(1)).mean()),
@@ -194,8 +214,10 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     )
     train_t = Table.of(*encoder.transform(train), encoder.labels(train[label]), train.get("weight"), device=device)
     teacher_logits = logits_of(teacher, Table.of(num, cat, y)).numpy()
-    settings = Settings(params.calibrate.odir, params.calibrate.histogram_bins, params.calibrate.folds, params.seed)
-    reference = classification(out_of_fold(teacher_cal["method"], teacher_logits, y, settings), y, ECE_BINS)
+    noise = None if teacher_cal.get("noise") is None else np.asarray(teacher_cal["noise"])
+    cp = params.calibrate
+    settings = Settings(cp.odir, cp.histogram_bins, cp.folds, params.seed, noise)
+    reference = calib_report(out_of_fold(teacher_cal["method"], teacher_logits, y, settings), y, noise)
     scoring = Scoring(rows, reference, encoder.classes, settings, c)
 
     candidates = [Candidate("student", student, ckpt["calibration"])]
@@ -220,6 +242,14 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             tnum, tcat = torch.as_tensor(rows.time_num), torch.as_tensor(rows.time_cat)
             teacher_ms = latency(lambda i, j: teacher(tnum[i:j], tcat[i:j]), n_time)
         chosen, passed = pick_shipped(variants)
+        fallback = None
+        if not passed:  # never ship a variant that failed: the calibrated teacher, exported, is the fallback
+            fallback = Candidate("teacher", teacher, onnx_calibration(teacher_cal, teacher_logits, y, settings), quantize=False)
+            files, parity = export_files(fallback, folder, rows, serving, params)
+            scored = score_variants(fallback, files, serving, scoring)
+            scored["teacher.fp32"].against_fp32 = {"parity_max_abs_error": parity}
+            variants["teacher.fp32"] = scored["teacher.fp32"].as_dict()
+            chosen, passed = "teacher.fp32", variants["teacher.fp32"]["gate"]["passed"]
         shipped = variants[chosen]
         teacher_bytes = (root / paths.TEACHER).stat().st_size
         metrics: dict[str, Any] = {
@@ -243,10 +273,11 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "models": {cand.name: cand.describe() for cand in candidates},
             "variants": variants,
         }
-        if not passed:
+        if fallback is not None:
+            metrics["gate"]["fallback"] = "teacher"
             metrics["gate"]["warning"] = (
-                f"no variant passed the gate; shipping {chosen}, the best macro-F1 "
-                f"({'; '.join(shipped['gate']['failures'])})"
+                "no student variant passed the gate; shipping the calibrated teacher (teacher.fp32)"
+                + ("" if passed else f", which fails it too ({'; '.join(shipped['gate']['failures'])})")
             )
             print(f"tamis compress: warning: {metrics['gate']['warning']}", file=sys.stderr)
         out.write_json(paths.SERVING, {**serving, "model": shipped["file"]})

@@ -84,9 +84,11 @@ def train_student(params: Params, encoder, train: Table, calib: Table, loss_fn: 
     return student, result.best_epoch
 
 
-def student_calibration(logits: np.ndarray, y: np.ndarray, params: Params) -> tuple[dict, dict, np.ndarray]:
-    """The student's own calibrator: ``distill.calibration``, ``auto`` among the parametric methods."""
-    settings = Settings(params.calibrate.odir, params.calibrate.histogram_bins, params.calibrate.folds, params.seed)
+def student_calibration(logits: np.ndarray, y: np.ndarray, params: Params, noise) -> tuple[dict, dict, np.ndarray]:
+    """The student's own calibrator: ``distill.calibration``, ``auto`` among the parametric methods, with the
+    teacher's estimate of the calib labels' noise (``noise``, or None)."""
+    c = params.calibrate
+    settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, None if noise is None else np.asarray(noise))
     return select(params.distill.calibration, PARAMETRIC, logits, y, settings)
 
 
@@ -113,7 +115,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         for name, loss_fn in losses.items():
             student, best_epoch = train_student(params, encoder, train_t, calib_t, loss_fn, f"distill ({name})")
             logits = logits_of(student, calib_t).cpu().numpy()
-            cal, scores, oof = student_calibration(logits, y, params)
+            cal, scores, oof = student_calibration(logits, y, params, teacher_cal.get("noise"))
             students[name] = (student, cal)
             report[name] = {
                 "best_epoch": best_epoch,

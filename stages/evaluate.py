@@ -60,6 +60,24 @@ def trusted_test(
     }
 
 
+def missing_values(train: pd.DataFrame, encoder) -> dict[str, dict[str, Any]]:
+    """Feature columns with missing training values and what the encoder fills them with (training and serving alike)."""
+    out = {}
+    for j, col in enumerate(encoder.numeric):
+        if train[col].isna().any():
+            out[col] = {"share": float(train[col].isna().mean()), "filled_with": f"training median {encoder.fill[j]:.6g}"}
+    for col in encoder.categorical:
+        if train[col].isna().any():
+            out[col] = {"share": float(train[col].isna().mean()), "filled_with": "the missing / unseen category"}
+    return out
+
+
+def shipped_why(metrics: dict[str, Any]) -> str:
+    if Path(metrics["final_model"]).name.startswith("teacher."):
+        return "no student variant passed compress's gate, so the calibrated teacher ships"
+    return "the variant compress's gate chose"
+
+
 def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
     rows = "\n".join(
         f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ece']:.4f} | {m['size_bytes']:,} |"
@@ -81,9 +99,14 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
             f"rows the shipped model's macro-F1 is {trusted['trusted']['macro_f1']:.4f} "
             f"({trusted['all']['macro_f1']:.4f} on all).\n"
         )
+    filled = metrics.get("missing_values") or {}
+    filled_txt = (
+        "\n".join(f"| {c} | {m['share']:.1%} | {m['filled_with']} |" for c, m in filled.items())
+        if filled else "| (none) | 0% | |"
+    )
     return f"""# Model card
 
-Shipped model: `{metrics['final_model']}` (the variant compress's gate chose), evaluated on
+Shipped model: `{metrics['final_model']}` ({shipped_why(metrics)}), evaluated on
 {metrics['test_rows']} test rows that no stage trained or calibrated on.
 
 | model | accuracy | macro-F1 | ECE (15 bins) | size (bytes) |
@@ -95,6 +118,14 @@ Shipped model: `{metrics['final_model']}` (the variant compress's gate chose), e
 | class | recall |
 |---|---|
 {recalls}
+
+## Missing values
+
+Training rows with a missing feature value, and what replaces it (the same in training, the ONNX model's encoder and serving):
+
+| column | share missing (train) | filled with |
+|---|---|---|
+{filled_txt}
 
 ## Audit
 
@@ -134,6 +165,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "test_rows": len(test),
         "classes": [str(c) for c in encoder.classes],
         "by_model": by_model,
+        "missing_values": missing_values(read_split(root / paths.VALIDATED, "train"), encoder),
     }
     issues = pd.read_parquet(root / paths.ISSUES)
     audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))

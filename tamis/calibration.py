@@ -28,20 +28,49 @@ from torch import nn
 from tamis.errors import StageError
 from tamis.metrics import ECE_BINS, ece, softmax
 
-PARAMETRIC = ("temperature", "vector", "matrix", "dirichlet")
-METHODS = ("temperature", "vector", "histogram", "matrix", "dirichlet", "isotonic")  # simplest first
+PARAMETRIC = ("none", "temperature", "vector", "matrix", "dirichlet")
+METHODS = ("none", "temperature", "vector", "histogram", "matrix", "dirichlet", "isotonic")  # simplest first
 FLOOR = 1e-4  # one-vs-rest maps can reach 0; a floor keeps the NLL finite
 MAX_ITER = 500  # L-BFGS iterations of the parametric fits (matrix / dirichlet may need a few hundred)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How calibrators are fitted and scored: the ODIR penalty, histogram bins, folds and their seed."""
+    """How calibrators are fitted and scored: the ODIR penalty, histogram bins, folds and their seed, and the
+    calibration labels' noise matrix ``noise[true, given] = P(given | true)`` (None: labels taken as clean)."""
 
     odir: float = 1.0
     histogram_bins: int = 15
     folds: int = 5
     seed: int = 0
+    noise: np.ndarray | None = None
+
+
+def noise_matrix(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``T[true, given]`` of labels ``y`` from out-of-sample ``probs`` (cleanlab's confident learning).
+
+    Shrunk towards the identity by k^2 / (k^2 + n): on a few hundred rows the
+    off-diagonal estimates are noisy, and an ill-conditioned T would blow up
+    the inversion of the one-vs-rest maps.
+    """
+    from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+
+    k = probs.shape[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, given_true, _, _ = estimate_py_and_noise_matrices_from_probabilities(y, probs)
+    shrink = k * k / (k * k + len(y))
+    t = (1 - shrink) * np.asarray(given_true).T + shrink * np.eye(k)
+    while np.linalg.cond(t) > 100 and shrink < 1:
+        shrink = min(1.0, shrink + 0.1)
+        t = (1 - shrink) * np.asarray(given_true).T + shrink * np.eye(k)
+    return t / t.sum(axis=1, keepdims=True)
+
+
+def label_nll(p: np.ndarray, y: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+    """Per-row NLL of the given labels: of ``p`` itself, or forward-corrected, of ``p @ T`` (Patrini et al.)."""
+    q = p if noise is None else p @ noise
+    return -np.log(np.maximum(q[np.arange(len(y)), y], 1e-12))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -57,12 +86,17 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, bool]:
     return cal["temperature"], cal["converged"]
 
 
-def _linear_fit(method: str, x: np.ndarray, y: np.ndarray, odir: float) -> tuple[np.ndarray, np.ndarray, bool]:
+def _linear_fit(
+    method: str, x: np.ndarray, y: np.ndarray, odir: float, noise: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """(W, b, converged) minimising mean NLL of softmax(x W^T + b) (+ ODIR penalty) by L-BFGS.
 
     The free parameters are log T (temperature: W = I / T, b = 0), a scale and
     bias per class (vector: W diagonal) or the whole W and b (matrix); the
-    gradient is exact: d NLL / d(W, b) = ((softmax - onehot)^T x, sum(softmax - onehot)) / n.
+    gradient is exact: d NLL / d(W, b) = (g^T x, sum(g)) with g = d NLL / d logits
+    ((softmax - onehot) / n for plain NLL). With ``noise`` the NLL is forward
+    corrected: of the given labels under softmax(...) @ T, so the map learns the
+    clean-label probabilities (consistent when T is right).
     """
     from scipy.optimize import minimize
 
@@ -82,8 +116,15 @@ def _linear_fit(method: str, x: np.ndarray, y: np.ndarray, odir: float) -> tuple
         z = x @ w.T + b
         z = z - z.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        loss = -(onehot * log_p).sum() / n
-        g = (np.exp(log_p) - onehot) / n
+        if noise is None:
+            loss = -(onehot * log_p).sum() / n
+            g = (np.exp(log_p) - onehot) / n
+        else:
+            p = np.exp(log_p)
+            q = np.maximum((p @ noise)[np.arange(n), y], 1e-12)
+            loss = -np.log(q).sum() / n
+            dp = -noise[:, y].T / q[:, None] / n  # d loss / d p
+            g = p * (dp - (p * dp).sum(axis=1, keepdims=True))  # through the softmax
         gw, gb = g.T @ x, g.sum(axis=0)
         if method == "temperature":
             return loss, np.array([-np.exp(-theta[0]) * np.trace(gw)])
@@ -105,10 +146,12 @@ def _linear_fit(method: str, x: np.ndarray, y: np.ndarray, odir: float) -> tuple
 def fit_map(method: str, logits: np.ndarray, y: np.ndarray, s: Settings = Settings()) -> dict:
     """A calibrator for ``method`` fitted on (logits, y), as JSON-able data."""
     k = logits.shape[1]
+    if method == "none":  # the identity: the model's own softmax, always a candidate
+        return {"method": "none", "on": "logits", "scale": 1.0, "bias": [0.0] * k, "converged": True}
     if method in PARAMETRIC:
         on = "log_probs" if method == "dirichlet" else "logits"
         x = log_softmax(logits) if on == "log_probs" else np.asarray(logits, dtype=np.float64)
-        w, b, converged = _linear_fit("matrix" if method == "dirichlet" else method, x, y, s.odir)
+        w, b, converged = _linear_fit("matrix" if method == "dirichlet" else method, x, y, s.odir, s.noise)
         cal = {"method": method, "on": on, "scale": w.tolist(), "bias": b.tolist(), "converged": converged}
         if method == "temperature":
             cal.update(scale=float(w[0, 0]), temperature=float(1.0 / w[0, 0]))
@@ -122,7 +165,7 @@ def fit_map(method: str, logits: np.ndarray, y: np.ndarray, s: Settings = Settin
         for j in range(k):
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p[:, j], y == j)
             maps.append({"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()})
-        return {"method": method, "maps": maps}
+        return _unmixed({"method": method, "maps": maps}, s.noise)
     if method == "histogram":
         p, maps = softmax(logits), []
         for j in range(k):
@@ -131,8 +174,15 @@ def fit_map(method: str, logits: np.ndarray, y: np.ndarray, s: Settings = Settin
             hit = (y == j).astype(np.float64)
             values = [float(hit[which == b].mean()) if (which == b).any() else 0.0 for b in range(len(edges) + 1)]
             maps.append({"edges": edges.tolist(), "values": values})
-        return {"method": method, "maps": maps}
+        return _unmixed({"method": method, "maps": maps}, s.noise)
     raise StageError(f"calibrate.method: unknown method '{method}'; expected auto or one of {', '.join(METHODS)}.")
+
+
+def _unmixed(cal: dict, noise: np.ndarray | None) -> dict:
+    """A one-vs-rest map fits the noisy labels' frequencies; with T it also stores T^-1 to undo the mixing."""
+    if noise is not None:
+        cal["unmix"] = np.linalg.inv(noise).tolist()
+    return cal
 
 
 def apply_map(cal: dict, logits: np.ndarray) -> np.ndarray:
@@ -150,6 +200,8 @@ def apply_map(cal: dict, logits: np.ndarray) -> np.ndarray:
             [np.asarray(m["values"])[np.searchsorted(m["edges"], p[:, j], side="right")] for j, m in enumerate(cal["maps"])],
             axis=1,
         )
+    if "unmix" in cal:  # noisy-label frequencies -> clean ones: p_clean = p_noisy T^-1, clipped and renormalised
+        out = out / out.sum(axis=1, keepdims=True) @ np.asarray(cal["unmix"])
     out = np.maximum(out, FLOOR)
     return out / out.sum(axis=1, keepdims=True)
 
@@ -208,7 +260,7 @@ def select(
     """
     tried = candidates if method == "auto" else (method,)
     oof = {m: out_of_fold(m, logits, y, s) for m in tried}
-    row_nll = {m: -np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)) for m, p in oof.items()}
+    row_nll = {m: label_nll(p, y, s.noise) for m, p in oof.items()}  # forward-corrected when the labels are noisy
     best = min(tried, key=lambda m: row_nll[m].mean())
     scores = {}
     for m in tried:

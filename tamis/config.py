@@ -66,8 +66,9 @@ class DataParams(Section):
 class ValidateParams(Section):
     numeric_share: float = Field(0.9, gt=0.5, le=1.0)
     """An object column whose values parse as numbers at least this often is numeric."""
-    max_null_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    """Largest share of missing values allowed in a feature column."""
+    max_null_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+    """Largest share of missing values allowed in a feature column (the rest are filled: numbers with the
+    training median, categories with a learned "missing or unseen" code; the model card lists them)."""
 
 
 class FitParams(Section):
@@ -237,11 +238,13 @@ class TrainParams(FitParams):
 
 
 class CalibrateParams(Section):
-    method: Literal["auto", "temperature", "vector", "matrix", "dirichlet", "isotonic", "histogram"] = "auto"
+    method: Literal["auto", "none", "temperature", "vector", "matrix", "dirichlet", "isotonic", "histogram"] = "auto"
     """``auto`` picks the method with the lowest cross-validated NLL on the calib split."""
     folds: int = Field(5, ge=2)
     odir: float = Field(1.0, ge=0.0)
     """Off-diagonal and intercept L2 penalty of matrix / Dirichlet scaling."""
+    noise_aware: bool = True
+    """Fit and choose calibrators by the forward-corrected likelihood with the calib labels' estimated noise matrix."""
     histogram_bins: int = Field(15, ge=2)
     bootstrap: int = Field(200, ge=0)
     """Bootstrap resamples for the 95% intervals of the calibration metrics (0: none)."""
@@ -256,7 +259,7 @@ class DistillParams(FitParams):
     dkd_alpha: float = Field(1.0, ge=0.0)
     dkd_beta: float = Field(8.0, ge=0.0)
     nkd_gamma: float = Field(1.5, ge=0.0)
-    calibration: Literal["auto", "temperature", "vector", "matrix", "dirichlet"] = "auto"
+    calibration: Literal["auto", "none", "temperature", "vector", "matrix", "dirichlet"] = "auto"
     """The student's own calibration: parametric only, so it is baked into the ONNX graph."""
 
 

@@ -101,6 +101,15 @@ def read_calib(root: str | Path) -> pd.DataFrame:
     return read_split(Path(root) / paths.CORRECTED, "calib")
 
 
+def audit_probs(issues: pd.DataFrame, rows: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """The audit's out-of-sample class probabilities of ``rows`` (matched by split and row id)."""
+    split = rows["split"].iloc[0] if "split" in rows.columns and len(rows) else "calib"
+    found = issues[issues["split"] == split].set_index(ROW_ID).reindex(rows[ROW_ID].to_numpy())
+    if found["prob_0"].isna().any():
+        raise StageError(f"{paths.ISSUES} lacks some {split} rows; re-run the audit (dvc repro audit).")
+    return found[[f"prob_{i}" for i in range(n_classes)]].to_numpy(np.float64)
+
+
 def feature_columns(frame: pd.DataFrame, label: str) -> list[str]:
     return [c for c in frame.columns if c != label and c not in META_COLUMNS]
 

@@ -145,3 +145,25 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def noise_corrected_ece(probs: np.ndarray, y: np.ndarray, noise: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE against the clean labels, estimated from noisy ones ``y`` with ``noise[true, given] = P(given | true)``.
+
+    Per confidence bin and predicted class, the given labels' histogram h is a
+    clean histogram mixed by T (h = h_clean T), so h T^-1 estimates how many of
+    the bin's predictions are truly right (clipped to [0, 1]).
+    """
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    which = _bins(conf, bins)
+    unmix = np.linalg.inv(noise)
+    k = probs.shape[1]
+    total = 0.0
+    for b in np.unique(which):
+        rows = which == b
+        right = 0.0
+        for c in np.unique(pred[rows]):
+            h = np.bincount(y[rows & (pred == c)], minlength=k).astype(np.float64)
+            right += float(np.clip((h @ unmix)[c], 0.0, h.sum()))
+        total += abs(right / rows.sum() - conf[rows].mean()) * rows.sum()
+    return float(total / len(y))

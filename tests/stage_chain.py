@@ -59,6 +59,27 @@ def write_splits(root: Path, frame: pd.DataFrame, seed: int = 0) -> None:
     corrected.mkdir(parents=True, exist_ok=True)
     frame[split == "train"].to_parquet(corrected / "train.parquet", index=False)
     frame[split == "calib"].to_parquet(corrected / "calib.parquet", index=False)
+    write_audit_probs(root, frame, split, classes)
+
+
+def write_audit_probs(root: Path, frame: pd.DataFrame, split: np.ndarray, classes: list) -> None:
+    """data/audit/issues.parquet's out-of-sample class probabilities (what calibrate reads of the audit):
+    5-fold logistic regression on the training rows, their average for the others, as the audit computes them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    x = pd.get_dummies(frame[["x1", "x2", "color"]], dtype=float).to_numpy()
+    y = np.searchsorted(np.array(classes), frame["label"].to_numpy())
+    train = split == "train"
+    probs = np.zeros((len(frame), len(classes)))
+    model = LogisticRegression(max_iter=500)
+    probs[train] = cross_val_predict(model, x[train], y[train], cv=5, method="predict_proba")
+    probs[~train] = model.fit(x[train], y[train]).predict_proba(x[~train])
+    issues = pd.DataFrame({"row_id": frame["row_id"].to_numpy(), "split": split})
+    for i in range(len(classes)):
+        issues[f"prob_{i}"] = probs[:, i]
+    (root / "data/audit").mkdir(parents=True, exist_ok=True)
+    issues.to_parquet(root / "data/audit/issues.parquet", index=False)
 
 
 def built(tmp_path_factory, upto: str, frame: pd.DataFrame) -> Path:

@@ -11,7 +11,7 @@ from stages import calibrate
 from tamis import calibration
 from tamis.config import CalibrateParams, ConfigError, Params, parse_params
 from tamis.contract import StageError
-from tamis.metrics import nll, softmax
+from tamis.metrics import ece, nll, noise_corrected_ece, softmax
 
 
 def _sampled(n, k=4, seed=0, distort=lambda z: z * 3.0):
@@ -29,7 +29,53 @@ def test_every_method_gives_distributions_that_survive_json(method):
     p = calibration.apply_map(cal, logits)
     assert p.shape == logits.shape and (p > 0).all() and np.allclose(p.sum(1), 1.0)
     assert np.array_equal(calibration.apply_map(json.loads(json.dumps(cal)), logits), p)
-    assert nll(p, y) < nll(softmax(logits), y)  # 3x overconfident logits: every method helps in-sample
+    if method == "none":  # the identity candidate: the model's own softmax
+        assert np.allclose(p, softmax(logits))
+    else:
+        assert nll(p, y) < nll(softmax(logits), y)  # 3x overconfident logits: every method helps in-sample
+
+
+def _noisy(n: int, flip: float, seed: int = 0):
+    """Calibrated logits (labels drawn from softmax(z)), then a known share of labels flipped to the next class."""
+    rng = np.random.default_rng(seed)
+    k = 4
+    z = rng.normal(scale=3.0, size=(n, k))
+    clean = np.array([rng.choice(k, p=p) for p in softmax(z)])
+    noise = (1 - flip) * np.eye(k) + flip * np.roll(np.eye(k), 1, axis=1)  # T[true, given]
+    given = np.array([rng.choice(k, p=noise[c]) for c in clean])
+    return z, clean, given, noise
+
+
+def test_forward_corrected_fits_recover_the_clean_calibration_from_noisy_labels():
+    z, clean, given, noise = _noisy(3000, 0.3)
+    plain = calibration.fit_map("temperature", z, given)
+    aware = calibration.fit_map("temperature", z, given, calibration.Settings(noise=noise))
+    assert plain["temperature"] > 1.5  # noisy labels teach under-confidence
+    assert abs(aware["temperature"] - 1.0) < 0.15  # z is calibrated for the clean labels
+    iso = calibration.apply_map(calibration.fit_map("isotonic", z, given, calibration.Settings(noise=noise)), z)
+    assert ece(iso, clean) < ece(calibration.apply_map(calibration.fit_map("isotonic", z, given), z), clean)
+
+
+def test_auto_keeps_the_identity_when_the_model_is_already_calibrated_for_the_clean_labels():
+    z, _, given, noise = _noisy(1500, 0.25, seed=1)
+    cal, scores, _ = calibration.select("auto", calibration.METHODS, z, given, calibration.Settings(noise=noise))
+    assert "none" in scores and cal["method"] in ("none", "temperature")
+    assert abs(softmax(z).max(1).mean() - calibration.apply_map(cal, z).max(1).mean()) < 0.03
+
+
+def test_noise_corrected_ece_sees_through_the_label_noise():
+    z, clean, given, noise = _noisy(4000, 0.3, seed=2)
+    p = softmax(z)
+    assert ece(p, given) > 0.15 and ece(p, clean) < 0.03
+    assert noise_corrected_ece(p, given, noise) < 0.05
+    assert noise_corrected_ece(p, clean, np.eye(4)) == pytest.approx(ece(p, clean))
+
+
+def test_noise_matrix_from_out_of_sample_probabilities():
+    z, clean, given, noise = _noisy(3000, 0.3, seed=3)
+    estimate = calibration.noise_matrix(given, softmax(z))
+    assert np.allclose(estimate.sum(1), 1.0) and np.abs(estimate - noise).max() < 0.15
+    assert np.trace(calibration.noise_matrix(clean, softmax(z))) / 4 > np.trace(estimate) / 4 + 0.15
 
 
 @pytest.mark.parametrize("method", calibration.PARAMETRIC)
@@ -85,7 +131,7 @@ def test_out_of_fold_scores_no_row_with_a_map_fitted_on_it():
 
 
 def test_unknown_method_is_an_error_naming_the_param():
-    with pytest.raises(ConfigError, match="calibrate.method: Input should be 'auto', 'temperature'"):
+    with pytest.raises(ConfigError, match="calibrate.method: Input should be 'auto', 'none', 'temperature'"):
         parse_params({"calibrate": {"method": "platt"}})
     with pytest.raises(StageError, match="calibrate.method: unknown method 'platt'"):
         calibration.fit_map("platt", *_sampled(50))

@@ -79,7 +79,7 @@ def test_stage_exports_prunes_quantises_and_ships_what_the_gate_chose(compressed
     metrics = json.loads((compressed / "metrics/compress.json").read_text())
     variants = metrics["variants"]
     names = {f"{m}.{k}" for m in ("student", "pruned50") for k in ("fp32", "int8_dynamic", "int8_static")}
-    assert set(variants) == names
+    assert set(variants) - {"teacher.fp32"} == names
     assert metrics["models"]["pruned50"]["hidden"] == [8]  # half of distill.hidden [16], really smaller
     for name, v in variants.items():
         assert (compressed / "models" / v["file"]).stat().st_size == v["size_bytes"]
@@ -88,8 +88,12 @@ def test_stage_exports_prunes_quantises_and_ships_what_the_gate_chose(compressed
             assert v["parity_max_abs_error"] < 1e-4 and v["gate"]["batch_shift"] < 1e-4
         else:
             assert 0.0 <= v["top1_agreement_with_fp32"] <= 1.0
-    assert (metrics["chosen"], metrics["gate"]["passed"]) == compression.pick_shipped(variants)
-    assert metrics["gate"]["passed"] or "no variant passed the gate" in metrics["gate"]["warning"]
+    students = {n: v for n, v in variants.items() if not n.startswith("teacher.")}
+    chosen, passed = compression.pick_shipped(students)
+    if passed:  # the smallest passing student variant ships
+        assert (metrics["chosen"], metrics["gate"]["passed"]) == (chosen, True) and "teacher.fp32" not in variants
+    else:  # never a failing student variant: the calibrated teacher
+        assert metrics["chosen"] == "teacher.fp32" and metrics["gate"]["fallback"] == "teacher"
     serving = json.loads((compressed / "models/serving.json").read_text())
     assert serving["model"] == metrics["final_model"] == variants[metrics["chosen"]]["file"]
     for key in ("teacher", "shipped"):
@@ -105,3 +109,25 @@ def test_the_shipped_graph_applies_the_students_calibration(compressed):
     assert np.abs(predictor.proba_encoded(num, cat) - calibration.apply_map(ckpt["calibration"], logits)).max() < 1e-5
     shipped = Predictor.load(compressed / "models").predict(frame)
     assert list(shipped.columns) == ["label"] + [f"proba_c{k}" for k in range(4)] and len(shipped) == len(frame)
+
+
+def test_when_no_student_variant_passes_the_calibrated_teacher_ships(compressed, tmp_path):
+    from stages import compress
+
+    root = stage_chain.copy_of(compressed, tmp_path / "strict")
+    strict = [f"compress.{k}=0" for k in ("max_f1_drop", "max_ece_rise", "max_class_recall_drop")]
+    stage_chain.set_params(root, *strict, "compress.max_batch_shift=1e-12", "compress.quantize=[int8_static]")
+    metrics = compress.run(stage_chain.params_of(root), root)
+    assert metrics["chosen"] == "teacher.fp32" and metrics["gate"]["fallback"] == "teacher"
+    assert "shipping the calibrated teacher" in metrics["gate"]["warning"]
+    assert not any(n.startswith("teacher.int8") for n in metrics["variants"])  # the fallback ships in FP32
+    serving = json.loads((root / "models/serving.json").read_text())
+    assert serving["model"] == "variants/teacher.fp32.onnx"
+    teacher, _, _ = load_model(root / "models/teacher.pt")
+    cal = json.loads((root / "models/calibration.json").read_text())
+    frame = pd.read_parquet(root / "data/validated/test.parquet")
+    predictor = Predictor.load(root / "models")
+    num, cat = predictor.encoder.transform(frame)
+    if cal["method"] in calibration.PARAMETRIC:  # the graph is the calibrated teacher itself
+        logits = teacher(torch.as_tensor(num), torch.as_tensor(cat)).detach().numpy()
+        assert np.abs(predictor.proba_encoded(num, cat) - calibration.apply_map(cal, logits)).max() < 1e-4

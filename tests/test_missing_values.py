@@ -1,0 +1,54 @@
+"""Missing feature values are normal: a few are filled (and the model card says how); too many are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from conftest import mixed_table, run_stage, set_params
+
+from flows import workspace
+from stages.evaluate import missing_values
+from tamis.data import Encoder, Schema
+
+
+def holey(frame: pd.DataFrame, share: float, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = frame.copy()
+    frame.loc[rng.random(len(frame)) < share, "x1"] = np.nan
+    frame["color"] = frame["color"].astype(object)
+    frame.loc[rng.random(len(frame)) < share, "color"] = None
+    return frame
+
+
+def test_a_few_missing_values_pass_validate_and_are_filled_the_same_way_everywhere(tmp_path):
+    repo = workspace.create(tmp_path / "repo")
+    holey(mixed_table(300), 0.1).to_csv(tmp_path / "holes.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'holes.csv'}", "data.inject_noise=null")
+    for stage in ("ingest", "validate"):
+        proc = run_stage(repo, stage)
+        assert proc.returncode == 0, proc.stderr
+    train = pd.read_parquet(repo / "data/validated/train.parquet")
+    schema = Schema(**__import__("json").loads((repo / "data/validated/schema.json").read_text()))
+    assert "x1" in schema.numeric and "color" in schema.categorical
+    encoder = Encoder.fit(train, schema)
+    num, cat = encoder.transform(train)
+    assert np.isfinite(num).all()
+    x1 = schema.numeric.index("x1")
+    median = np.nanmedian(train["x1"].to_numpy(dtype=float))
+    filled = (num[train["x1"].isna().to_numpy(), x1] * encoder.scale[x1] + encoder.center[x1])
+    assert np.allclose(filled, median, atol=1e-4)
+    assert (cat[train["color"].isna().to_numpy(), schema.categorical.index("color")] == 0).all()  # missing / unseen code
+    said = missing_values(train, encoder)
+    assert set(said) == {"x1", "color"} and 0.03 < said["x1"]["share"] < 0.2
+    assert said["x1"]["filled_with"].startswith("training median") and "missing" in said["color"]["filled_with"]
+
+
+def test_a_column_mostly_missing_is_refused_naming_it(tmp_path):
+    repo = workspace.create(tmp_path / "repo")
+    holey(mixed_table(300), 0.7).to_csv(tmp_path / "holes.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'holes.csv'}", "data.inject_noise=null")
+    assert run_stage(repo, "ingest").returncode == 0
+    proc = run_stage(repo, "validate")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "column 'x1' has more than 50% missing values (validate.max_null_fraction)" in last or "column 'color'" in last
