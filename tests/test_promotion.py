@@ -161,3 +161,17 @@ def test_cli_models_and_rollback_work_on_a_named_model(tmp_path, store):
     again = subprocess.run([*cli, "rollback", "--repo", str(root), "--name", "nobody", "--reason", "x"],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and again.stderr.strip().splitlines()[-1] == "tamis: model 'nobody' has no champion to roll back."
+
+
+def test_lineage_names_what_reproduces_a_version(tmp_path, store):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    log_stub(tmp_path, "lined", "x")
+    client.set_model_version_tag("lined", "1", "tamis_git_commit", "abc123")
+    client.set_model_version_tag("lined", "1", "tamis_dvc_validated", "d41d8c")
+    out = registry.lineage(client, "lined", 1)
+    assert out["version"] == 1 and out["git_commit"] == "abc123" and out["data"] == {"validated": "d41d8c"}
+    assert out["run_id"] == client.get_model_version("lined", "1").run_id
+    with pytest.raises(StageError, match="has no version 5"):
+        registry.lineage(client, "lined", 5)
