@@ -174,3 +174,17 @@ def test_runs_left_running_by_a_dead_process_are_marked_killed(tmp_path):
     assert mark_killed_runs(client, experiment) == [orphan.info.run_id]
     status = {r: client.get_run(r).info.status for r in (orphan.info.run_id, ours.info.run_id, elsewhere.info.run_id)}
     assert list(status.values()) == ["KILLED", "RUNNING", "RUNNING"]
+
+
+@pytest.mark.e2e  # the flow on Prefect's ephemeral API, which the e2e tests start anyway
+def test_a_failed_run_puts_params_yaml_back(shared_repo, tmp_path, prefect_api):
+    from flows.retrain import StageFailed, retrain
+
+    before = (shared_repo / "params.yaml").read_bytes()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        with pytest.raises(StageFailed, match="does not exist"):
+            retrain(repo=str(shared_repo), overrides=[f"data.train={tmp_path / 'missing.csv'}", "train.epochs=3"])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    assert (shared_repo / "params.yaml").read_bytes() == before

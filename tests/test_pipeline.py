@@ -132,6 +132,28 @@ def test_champion_is_registered_loads_and_predicts(flow_runs, mlflow_client):
     assert (pred["label"].astype(int).to_numpy() == test["label"].to_numpy()).mean() > 0.5
 
 
+def test_the_parent_run_the_stage_runs_and_dvc_lock_record_the_same_params(flow_runs, mlflow_client):
+    """The third run's --set (calibrate.bootstrap=100) is what its parent, its stage runs and dvc.lock hold."""
+    from tamis.tracking import flatten_params
+
+    repo, _, _, third = flow_runs
+    parent = mlflow_client.get_run(third["parent_run_id"])
+    assert parent.data.params["calibrate.bootstrap"] == "100"
+    children = mlflow_client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{third['parent_run_id']}'"
+    )
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    executed = [c for c in children if c.data.tags.get("tamis.executed") == "true"]
+    assert {c.data.tags["tamis.stage"] for c in executed} >= {"calibrate", "evaluate"}
+    for child in executed:
+        stage = child.data.tags["tamis.stage"]
+        if stage == "promote":
+            continue
+        recorded = {k: str(v) for k, v in flatten_params(lock[stage]["params"]["params.yaml"]).items()}
+        assert child.data.params == recorded, stage
+        assert {k: parent.data.params[k] for k in recorded} == recorded, stage
+
+
 def test_nothing_changed_runs_nothing_and_registers_nothing(flow_runs):
     _, first, second, _ = flow_runs
     assert [s["executed"] for s in second["stages"]] == [False] * len(second["stages"])
