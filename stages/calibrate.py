@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tamis import paths, tracking
-from tamis.calibration import METHODS, Settings, apply_map, select
+from tamis.calibration import METHODS, Settings, apply_map, select, skipped
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, stage_main
 from tamis.data import read_calib
@@ -84,6 +84,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "converged": cal.get("converged", True),
             "argmax_changed": float((apply_map(cal, logits).argmax(1) != before.argmax(1)).mean()),
             "candidates": scores,
+            "skipped": skipped(METHODS, logits.shape[1]) if params.calibrate.method == "auto" else {},
             "before": report(before, y, params),
             "after": report(after, y, params),  # out-of-fold: each row calibrated by a map fitted without it
         }

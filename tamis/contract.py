@@ -21,7 +21,7 @@ from typing import Any
 from tamis.config import load_params
 from tamis.errors import BAD_INPUT_EXIT, StageError
 
-__all__ = ["BAD_INPUT_EXIT", "Outputs", "StageError", "dumps", "read_json", "stage_main"]
+__all__ = ["BAD_INPUT_EXIT", "Outputs", "StageError", "dumps", "input_file", "read_json", "stage_main"]
 
 
 SCRATCH_PREFIX = ".tamis-out-"
@@ -169,6 +169,16 @@ def _clean(obj: Any) -> Any:
 
 def dumps(obj: Any) -> str:
     return json.dumps(_clean(obj), indent=2, sort_keys=False)
+
+
+def input_file(source: str, key: str) -> Path:
+    """The file a path param (``data.train``) names, or one sentence saying why it is not one."""
+    path = Path(source)
+    if path.is_dir():
+        raise StageError(f"{key}: '{source}' is a directory; expected a .csv or .parquet file.")
+    if not path.is_file():
+        raise StageError(f"{key}: file '{source}' does not exist.")
+    return path
 
 
 def read_json(path: str | Path) -> Any:
