@@ -94,7 +94,11 @@ def test_mlflow_parent_run_has_one_child_per_stage_with_lineage(flow_runs, mlflo
         [mlflow_client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
     )
     run = mlflow_client.get_run(parent).data
-    assert run.params["train.epochs"] == "4" and len(run.params) > 100  # logged in batches of 100
+    from tamis.config import load_params
+    from tamis.tracking import flatten_params
+
+    every = flatten_params(load_params(repo / "params.yaml").model_dump(by_alias=True, mode="json"))
+    assert run.params["train.epochs"] == "4" and set(run.params) == set(every)  # every param (batches of 100)
     assert {"macro_f1", "wall_seconds", "seconds.train", "seconds.promote"} <= set(run.metrics)
     stages = [c.data.tags["tamis.stage"] for c in children]
     dvc_stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
@@ -144,7 +148,7 @@ def test_the_parent_run_the_stage_runs_and_dvc_lock_record_the_same_params(flow_
     )
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     executed = [c for c in children if c.data.tags.get("tamis.executed") == "true"]
-    assert {c.data.tags["tamis.stage"] for c in executed} >= {"calibrate", "evaluate"}
+    assert "calibrate" in {c.data.tags["tamis.stage"] for c in executed}
     for child in executed:
         stage = child.data.tags["tamis.stage"]
         if stage == "promote":
