@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from flows import registry_cli
-from tamis import runtime, tracking
+from tamis import processes, runtime, tracking
 from tamis.contract import BAD_INPUT_EXIT, StageError
 
 DEFAULT_CRON = "0 2 * * *"
@@ -47,7 +47,7 @@ def _noise_line(result: dict) -> str:
 def _summary(result: dict, repo: Path) -> str:
     ev, pr = result["evaluate"], result["promote"]
     ran = [s["stage"] for s in result["stages"] if s["executed"]]
-    uri = tracking.tracking_uri(repo)
+    uri = tracking.masked(tracking.tracking_uri(repo))
     champion = f"v{pr['champion_version']}" if pr["champion_version"] else "none"
     return "\n".join(
         [
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (repo / "dvc.yaml").exists():
         print(f"tamis: {repo} has no dvc.yaml; point --repo at a tamis checkout.", file=sys.stderr)
         return BAD_INPUT_EXIT
-    from flows.retrain import StageFailed, retrain, write_params
+    from flows.retrain import StageFailed, claim, retrain
     from tamis.config import apply_overrides, parse_params, read_raw
 
     try:
@@ -117,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         # a typo in --set is refused here, before a server starts or params.yaml is touched
         parse_params(apply_overrides(read_raw(repo / "params.yaml"), overrides), "params.yaml with --set overrides")
         if args.command == "serve":
-            write_params(repo, overrides)  # check (and record) the overrides before serving
-            retrain.serve(name="tamis-local", cron=args.cron, parameters={"repo": str(repo)})
+            # each tick is a run of its own: it takes the lock and applies the overrides under it
+            retrain.serve(name="tamis-local", cron=args.cron, parameters={"repo": str(repo), "overrides": overrides})
             return 0
-        result = retrain(repo=str(repo), overrides=overrides)
+        with processes.interruptible(), claim(repo):  # a busy repo or a dead server: said at once, nothing written
+            result = retrain(repo=str(repo), overrides=overrides)
+    except processes.Interrupted as stop:
+        print(f"tamis: stopped by {stop}; the running stage and its processes were stopped"
+              " and params.yaml was put back as it was before the run.", file=sys.stderr)
+        return stop.exit_code
     except StageFailed as err:
         print(f"tamis: {err}", file=sys.stderr)
         return BAD_INPUT_EXIT if err.bad_input else 1

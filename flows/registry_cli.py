@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = registry.describe(client, name)
     if not rows:
-        print(f"tamis: no versions of '{name}' yet (tracking at {tracking.tracking_uri(repo)})")
+        print(f"tamis: no versions of '{name}' yet (tracking at {tracking.masked(tracking.tracking_uri(repo))})")
         return 0
     print(f"{'version':>7}  {'aliases':<20} {'macro-F1':>8} {'ECE':>7} {'gate':>5}  {'data':<10} {'commit':<10} decision")
     for r in rows:

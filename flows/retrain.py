@@ -9,17 +9,21 @@ child per stage tagged with DVC's dependency hashes, a schedule
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import TerminationSignal
 
-from tamis import dvcfiles, paths, tracking
+from tamis import dvcfiles, lock, paths, processes, tracking
 from tamis.config import (
     Params,
     apply_overrides,
@@ -27,6 +31,10 @@ from tamis.config import (
     parse_params,
     read_raw,
 )
+
+
+# how a stop reaches the flow: tamis's own SIGINT handler, or Prefect's SIGTERM bridge (it swaps tamis's out while a flow runs)
+STOPPED = (processes.Interrupted, TerminationSignal, KeyboardInterrupt)
 
 
 class StageFailed(RuntimeError):
@@ -46,7 +54,7 @@ def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
     """Run DVC from this environment, with this environment's ``python`` first on PATH."""
     env = dict(env or os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    return processes.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env)
 
 
 def changed_stages(repo: Path) -> set[str]:
@@ -57,6 +65,25 @@ def changed_stages(repo: Path) -> set[str]:
     text = proc.stdout.strip()
     status = json.loads(text[text.index("{") :]) if "{" in text else {}
     return {name.split(":")[-1] for name in status}
+
+
+PID_TAG, HOST_TAG = "tamis.pid", "tamis.host"  # which process owns a RUNNING run (see mark_killed_runs)
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming this process, so a later run can tell a RUNNING run whose process died."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def mark_killed_runs(client, experiment_id: str) -> list[str]:
+    """Runs of this host left RUNNING by a tamis process that is gone (SIGKILL, power cut): mark them KILLED."""
+    stale = client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'"
+    )
+    killed = [r.info.run_id for r in stale if not processes.alive(int(r.data.tags.get(PID_TAG) or 0))]
+    for run_id in killed:
+        client.set_terminated(run_id, "KILLED")
+    return killed
 
 
 def _not_bad_input(task, task_run, state) -> bool:
@@ -75,11 +102,15 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
     child = client.create_run(
         experiment_id,
         run_name=stage,
-        tags={"mlflow.parentRunId": parent_run_id, tracking.STAGE_TAG: stage},
+        tags={"mlflow.parentRunId": parent_run_id, tracking.STAGE_TAG: stage, **owner_tags()},
     ).info.run_id
     start = time.perf_counter()
     if needs_dvc:
-        proc = dvc(root, "repro", "--single-item", stage, env={**os.environ, tracking.RUN_ENV: child})
+        try:
+            proc = dvc(root, "repro", "--single-item", stage, env={**os.environ, tracking.RUN_ENV: child})
+        except STOPPED:
+            client.set_terminated(child, "KILLED")
+            raise
         if proc.returncode != 0:
             client.set_terminated(child, "FAILED")
             said = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"tamis {stage}: ")]
@@ -148,19 +179,44 @@ def write_params(repo: Path, overrides: list[str]) -> Params:
     return params
 
 
+@contextlib.contextmanager
+def claim(root: Path) -> Iterator[None]:
+    """Own the repository for a run: its lock, then a reachable tracking server; both before anything is written."""
+    with lock.hold(root):
+        tracking.preflight(tracking.tracking_uri(root))
+        yield
+
+
 @flow(name="tamis-retrain", log_prints=True)
 def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run the pipeline in ``repo`` (a tamis checkout with DVC initialised) and promote."""
+    """Run the pipeline in ``repo`` (a tamis checkout with DVC initialised) and promote.
+
+    The run owns the repository (``claim``); its ``overrides`` go into
+    params.yaml under the lock, so the parent run, the stage runs and dvc.lock
+    record the same values, and a failed run puts params.yaml back as it was.
+    """
+    root = Path(repo).resolve()
+    with claim(root):
+        before = (root / "params.yaml").read_bytes()
+        try:
+            return _run_pipeline(root, list(overrides or []))
+        except BaseException:
+            if (root / "params.yaml").read_bytes() != before:
+                (root / "params.yaml").write_bytes(before)
+            raise
+
+
+def _run_pipeline(root: Path, overrides: list[str]) -> dict[str, Any]:
     from mlflow import MlflowClient
 
-    root = Path(repo).resolve()
-    params = write_params(root, list(overrides or []))
+    params = write_params(root, overrides)
     experiment_id = tracking.experiment_id(params.tracking.experiment, root)
     client = MlflowClient(tracking.tracking_uri(root))
+    mark_killed_runs(client, experiment_id)
     parent = client.create_run(
         experiment_id,
         run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"tamis.pipeline": "retrain", "tamis.git_commit": tracking.git_commit(root)},
+        tags={"tamis.pipeline": "retrain", "tamis.git_commit": tracking.git_commit(root), **owner_tags()},
     ).info.run_id
     flat = tracking.flatten_params(params.model_dump(by_alias=True, mode="json"))
     log_batch(client, parent, params={key: str(value)[:6000] for key, value in flat.items()})
@@ -181,8 +237,8 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
         promote_start = time.perf_counter()
         promoted = promote(str(root), parent)
         promote_seconds = time.perf_counter() - promote_start
-    except Exception:
-        client.set_terminated(parent, "FAILED")
+    except BaseException as err:
+        client.set_terminated(parent, "KILLED" if isinstance(err, STOPPED) else "FAILED")
         raise
     evaluation = json.loads((root / paths.metrics("evaluate")).read_text())
     metrics = {key: evaluation[key] for key in ("accuracy", "macro_f1", "ece")}

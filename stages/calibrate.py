@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tamis import paths, tracking
-from tamis.calibration import METHODS, Settings, apply_map, noise_matrix, select
+from tamis.calibration import METHODS, Settings, apply_map, noise_matrix, select, skipped
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, stage_main
 from tamis.data import audit_probs, read_calib
@@ -99,6 +99,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "converged": cal.get("converged", True),
             "argmax_changed": float((apply_map(cal, logits).argmax(1) != before.argmax(1)).mean()),
             "candidates": scores,
+            "skipped": skipped(METHODS, logits.shape[1]) if params.calibrate.method == "auto" else {},
             "before": report(before, y, params, noise),
             "after": report(after, y, params, noise),  # out-of-fold: each row calibrated by a map fitted without it
         }

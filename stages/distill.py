@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tamis import paths, tracking
-from tamis.calibration import PARAMETRIC, Settings, apply_map, select
+from tamis.calibration import PARAMETRIC, Settings, apply_map, select, skipped
 from tamis.config import DistillParams, Params
 from tamis.contract import Outputs, StageError, read_json, stage_main
 from tamis.data import read_calib, read_split
@@ -121,6 +121,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
                 "best_epoch": best_epoch,
                 "calibration": cal["method"],
                 "calibration_candidates": scores,
+                "calibration_skipped": skipped(PARAMETRIC, logits.shape[1]) if kd.calibration == "auto" else {},
                 "calib": classification(oof, y, ECE_BINS),  # out-of-fold calibration, as for the teacher
             }
         distilled, base = report["distilled"]["calib"], report["baseline"]["calib"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from tamis import paths
 from tamis.config import Params
-from tamis.contract import StageError, dumps, stage_main
+from tamis.contract import dumps, input_file, stage_main
 
 
 
@@ -35,9 +35,7 @@ def identify(source: str, key: str, cache: dict[str, Any]) -> dict[str, Any]:
         import sklearn
 
         return {"source": source, "sklearn": sklearn.__version__}
-    path = Path(source).resolve()
-    if not path.is_file():
-        raise StageError(f"{key}: file '{source}' does not exist.")
+    path = input_file(source, key).resolve()
     stat = path.stat()
     seen = cache.get(str(path), {})
     if seen.get("size") == stat.st_size and seen.get("mtime_ns") == stat.st_mtime_ns:

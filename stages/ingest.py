@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from tamis import paths, tracking
-from tamis.config import NoiseParams, Params
+from tamis.config import DataParams, NoiseParams, Params
 from tamis.contract import Outputs, StageError, dumps, stage_main
-from tamis.data import ROW_ID, load_source, split_frame
-
+from tamis.data import ROW_ID, fold_labels, label_spellings, load_source, looks_like_id, split_frame
 
 
 def _load(source: str, label: str, key: str) -> pd.DataFrame:
@@ -28,10 +27,30 @@ def _load(source: str, label: str, key: str) -> pd.DataFrame:
     if label not in frame.columns:
         shown = ", ".join(list(frame.columns)[:8]) + (", ..." if frame.shape[1] > 8 else "")
         raise StageError(f"data.label: column '{label}' is not in {source} (its columns: {shown}).")
-    if ROW_ID in frame.columns:
-        raise StageError(f"{key}: column '{ROW_ID}' in {source} is reserved for tamis; rename it.")
     frame.insert(0, ROW_ID, np.arange(len(frame), dtype=np.int64))
     return frame
+
+
+def checked_labels(frames: list[pd.DataFrame], d: DataParams) -> list[pd.DataFrame]:
+    """Refuse a label column that is no class label, or whose classes are spelt several ways (or fold them)."""
+    where = " and ".join(s for s in (d.train, d.test) if s)
+    labels = frames[0][d.label]
+    if looks_like_id(labels):
+        raise StageError(
+            f"data.label: column '{d.label}' in {d.train} has {labels.nunique()} distinct values in"
+            f" {labels.notna().sum()} rows, so it is probably an id or a continuous value, not a class label;"
+            " point data.label at the class column."
+        )
+    groups = label_spellings(pd.concat([f[d.label] for f in frames]))
+    if groups and not d.normalize_labels:
+        listed = "; ".join(", ".join(map(repr, g)) for g in groups[:5])
+        raise StageError(
+            f"data.label: column '{d.label}' in {where} holds labels that differ only by case or spaces"
+            f" ({listed}); make each class one spelling, or set data.normalize_labels: true to fold them."
+        )
+    for frame in frames:
+        frame[d.label] = fold_labels(frame[d.label], groups)
+    return frames
 
 
 def encode_for_sklearn(features: pd.DataFrame) -> np.ndarray:
@@ -101,9 +120,10 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     d = params.data
     frame = _load(d.train, d.label, "data.train")
     if d.test:
-        rest, test = frame, _load(d.test, d.label, "data.test")
-        calib_share = d.calib_size
+        frame, test = checked_labels([frame, _load(d.test, d.label, "data.test")], d)
+        rest, calib_share = frame, d.calib_size
     else:
+        (frame,) = checked_labels([frame], d)
         rest, test = split_frame(frame, d.label, d.test_size, params.seed)
         calib_share = d.calib_size / (1.0 - d.test_size)
     train, calib = split_frame(rest, d.label, calib_share, params.seed + 1)

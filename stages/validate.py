@@ -22,7 +22,7 @@ import pandas as pd
 from tamis import paths, tracking
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, dumps, read_json, stage_main
-from tamis.data import ROW_ID, SPLITS, Schema, feature_columns, read_split
+from tamis.data import ROW_ID, SPLITS, Schema, feature_columns, read_split, shown
 
 NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 
@@ -155,7 +155,7 @@ def _gx_validate(batches: dict[str, tuple[pd.DataFrame, list[Check]]]) -> dict[s
             if res is None or res.success:
                 continue
             examples = res.result.get("partial_unexpected_list") or []
-            failures.append(check.message + (f" (e.g. {examples[0]!r})" if examples else ""))
+            failures.append(check.message + (f" (e.g. {shown(examples[0])})" if examples else ""))
         out[split] = (failures, result.to_json_dict())
     return out
 
@@ -171,7 +171,7 @@ def class_counts_check(train: pd.DataFrame, schema: Schema, folds: int, where: s
         return []
     cls, n = small.index[0], int(small.iloc[0])
     return [
-        f"{where}: class {cls!r} has {n} training row(s), fewer than audit.folds={folds}"
+        f"{where}: class {shown(cls)} has {n} training row(s), fewer than audit.folds={folds}"
         " (add rows, merge the class, or lower audit.folds)"
     ]
 

@@ -31,6 +31,8 @@ from tamis.metrics import ECE_BINS, ece, softmax
 PARAMETRIC = ("none", "temperature", "vector", "matrix", "dirichlet")
 METHODS = ("none", "temperature", "vector", "histogram", "matrix", "dirichlet", "isotonic")  # simplest first
 FLOOR = 1e-4  # one-vs-rest maps can reach 0; a floor keeps the NLL finite
+FULL_MATRIX = ("matrix", "dirichlet")
+MAX_FULL_MATRIX_CLASSES = 50  # above this, matrix / Dirichlet fit K(K+1) weights: slow, and no calib split has rows for them
 MAX_ITER = 500  # L-BFGS iterations of the parametric fits (matrix / dirichlet may need a few hundred)
 
 
@@ -248,6 +250,14 @@ def out_of_fold(method: str, logits: np.ndarray, y: np.ndarray, s: Settings, app
     return oof
 
 
+def skipped(candidates: tuple[str, ...], n_classes: int) -> dict[str, str]:
+    """The candidates ``auto`` leaves out for this many classes, each with the reason (reported in the metrics)."""
+    if n_classes <= MAX_FULL_MATRIX_CLASSES:
+        return {}
+    reason = f"{n_classes} classes > {MAX_FULL_MATRIX_CLASSES}: {n_classes * (n_classes + 1)} weights to fit"
+    return {m: reason for m in candidates if m in FULL_MATRIX}
+
+
 def select(
     method: str, candidates: tuple[str, ...], logits: np.ndarray, y: np.ndarray, s: Settings
 ) -> tuple[dict, dict[str, dict[str, float]], np.ndarray]:
@@ -256,9 +266,11 @@ def select(
     ``auto`` takes the simplest candidate (in ``candidates`` order) whose
     out-of-fold NLL is within one standard error of the lowest (the paired
     standard error of the per-row difference): on a small split a richer map
-    must be clearly better to be trusted. A named method is fitted as asked.
+    must be clearly better to be trusted. A named method is fitted as asked;
+    ``auto`` leaves out what :func:`skipped` names.
     """
-    tried = candidates if method == "auto" else (method,)
+    left_out = skipped(candidates, logits.shape[1])
+    tried = tuple(m for m in candidates if m not in left_out) if method == "auto" else (method,)
     oof = {m: out_of_fold(m, logits, y, s) for m in tried}
     row_nll = {m: label_nll(p, y, s.noise) for m, p in oof.items()}  # forward-corrected when the labels are noisy
     best = min(tried, key=lambda m: row_nll[m].mean())

@@ -47,6 +47,8 @@ class DataParams(Section):
     train: str = "sklearn:digits"
     test: str | None = None
     label: str = "label"
+    normalize_labels: bool = False
+    """Fold labels that differ only by case or surrounding spaces into their most frequent spelling."""
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     calib_size: float = Field(0.15, gt=0.0, lt=1.0)
     numeric: list[str] | None = None

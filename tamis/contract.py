@@ -14,7 +14,6 @@ import os
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,11 @@ from typing import Any
 from tamis.config import load_params
 from tamis.errors import BAD_INPUT_EXIT, StageError
 
-__all__ = ["BAD_INPUT_EXIT", "Outputs", "StageError", "dumps", "read_json", "stage_main"]
+__all__ = ["BAD_INPUT_EXIT", "Outputs", "StageError", "dumps", "input_file", "read_json", "stage_main"]
+
+
+SCRATCH_PREFIX = ".tamis-out-"
+JOURNAL = "journal.json"
 
 
 class Outputs:
@@ -31,6 +34,12 @@ class Outputs:
     ``path("models/teacher.pt")`` returns where to write now; on a clean exit of
     the ``with`` block every written path replaces its target (files and whole
     folders), and on an exception nothing in the workspace changes.
+
+    All or nothing even when the process is killed while it moves them: a
+    journal of the moves is written (and synced) first, and the moves are
+    idempotent, so the next ``Outputs`` in the repository finishes the job
+    (:func:`recover`). Replaced targets go into the scratch folder, which is
+    removed last.
     """
 
     def __init__(self, root: str | Path = "."):
@@ -39,13 +48,17 @@ class Outputs:
         self._scratch: Path | None = None
 
     def __enter__(self) -> Outputs:
-        self._scratch = Path(tempfile.mkdtemp(prefix=".tamis-out-", dir=self.root))
+        recover(self.root)
+        # the pid in the name tells recover whether the stage that owns it still runs
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=self.root))
         return self
 
     def path(self, rel: str | Path) -> Path:
         """Scratch path standing in for ``rel``; its parent folder exists."""
         assert self._scratch is not None, "use Outputs as a context manager"
         target = (self.root / rel).resolve()
+        for old in target.parent.glob(f".{target.name}.old-*"):  # left by the earlier, unjournalled swap
+            _remove(old)
         tmp = self._scratch / f"{len(self._targets)}-{target.name}"
         self._targets[target] = tmp
         return tmp
@@ -68,24 +81,75 @@ class Outputs:
                 missing = [str(t) for t, tmp in self._targets.items() if not tmp.exists()]
                 if missing:
                     raise RuntimeError(f"stage declared outputs it never wrote: {missing}")
-                for target, tmp in self._targets.items():
-                    _replace(tmp, target)
+                moves = [
+                    {"target": str(target), "scratch": str(tmp), "backup": str(self._scratch / f"old-{i}")}
+                    for i, (target, tmp) in enumerate(self._targets.items())
+                ]
+                _write_synced(self._scratch / JOURNAL, json.dumps(moves))  # the commit point
+                _complete(moves)
         finally:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-def _replace(src: Path, target: Path) -> None:
-    """Move ``src`` onto ``target``; a folder target is swapped as a whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir() and target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-        os.replace(src, target)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+def recover(root: str | Path) -> list[Path]:
+    """Finish what a killed stage left: complete its journalled moves, remove its scratch folder.
+
+    Scratch folders of a stage that still runs are left alone. Returns the
+    targets whose moves were completed.
+    """
+    from tamis.processes import alive
+
+    completed: list[Path] = []
+    for scratch in sorted(Path(root).glob(f"{SCRATCH_PREFIX}*")):
+        pid = scratch.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and alive(int(pid)):
+            continue
+        journal = scratch / JOURNAL
+        if journal.exists():
+            moves = json.loads(journal.read_text())
+            _complete(moves)
+            completed += [Path(m["target"]) for m in moves]
+            print(f"tamis: finished moving the outputs of a stage stopped half-way: {len(moves)} output(s)"
+                  f" ({', '.join(Path(m['target']).name for m in moves)}).", file=sys.stderr)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return completed
+
+
+def _complete(moves: list[dict[str, str]]) -> None:
+    """Move each scratch output onto its target, the old target aside first; a move already done is skipped."""
+    for move in moves:
+        target, scratch, backup = (Path(move[k]) for k in ("target", "scratch", "backup"))
+        if not os.path.lexists(scratch):
+            continue  # moved before the kill
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(target):
+            if os.path.lexists(backup):
+                _remove(target)
+            else:
+                os.replace(target, backup)
+        os.replace(scratch, target)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Write ``path`` so that it is either absent or complete on disk, whatever happens next."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
     else:
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(src, target)
+        path.unlink(missing_ok=True)
 
 
 def _clean(obj: Any) -> Any:
@@ -105,6 +169,16 @@ def _clean(obj: Any) -> Any:
 
 def dumps(obj: Any) -> str:
     return json.dumps(_clean(obj), indent=2, sort_keys=False)
+
+
+def input_file(source: str, key: str) -> Path:
+    """The file a path param (``data.train``) names, or one sentence saying why it is not one."""
+    path = Path(source)
+    if path.is_dir():
+        raise StageError(f"{key}: '{source}' is a directory; expected a .csv or .parquet file.")
+    if not path.is_file():
+        raise StageError(f"{key}: file '{source}' does not exist.")
+    return path
 
 
 def read_json(path: str | Path) -> Any:

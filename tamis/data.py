@@ -6,6 +6,7 @@ the table it was read from, so any row of any split traces back to the input.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,15 @@ import numpy as np
 import pandas as pd
 
 from tamis import paths
-from tamis.contract import StageError, read_json
+from tamis.contract import StageError, input_file, read_json
 
 SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer")
 ROW_ID = "row_id"
 SPLITS = ("train", "calib", "test")
 # Columns tamis adds beside the user's features; never fed to a model.
 META_COLUMNS = (ROW_ID, "split", "weight", "original_label", "action", "reason", "synthetic")
+# a label column with more distinct values than both of these is an id or a measurement, not classes
+MAX_ID_LIKE_CLASSES, ID_LIKE_SHARE = 20, 0.5
 
 
 def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFrame:
@@ -37,13 +40,11 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
         frame = bunch.frame.rename(columns={"target": label})
         frame.columns = [str(c) for c in frame.columns]
         return frame
-    path = Path(source)
-    if not path.is_file():
-        raise StageError(f"{key}: file '{source}' does not exist.")
+    path = input_file(source, key)
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".txt"):
-            frame = pd.read_csv(path)
+            frame = pd.read_csv(path, sep=csv_separator(path, source, key))
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
@@ -55,7 +56,65 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
     if frame.empty:
         raise StageError(f"{key}: '{source}' has no rows.")
     frame.columns = [str(c) for c in frame.columns]
+    reserved = [c for c in frame.columns if c in META_COLUMNS]
+    if reserved:
+        raise StageError(
+            f"{key}: column(s) {', '.join(map(repr, reserved))} in {source} are reserved for tamis"
+            f" ({', '.join(META_COLUMNS)}); rename them."
+        )
     return frame
+
+
+def csv_separator(path: Path, source: str, key: str) -> str:
+    """The CSV's separator, judged from its header: ``,`` unless the one column it would give holds ``;`` or a tab.
+
+    The header is also where duplicate column names show (pandas would quietly rename ``x1`` to ``x1.1``).
+    """
+    import csv
+
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    sep = ","
+    header = next(csv.reader([first]), [])
+    if len(header) == 1:
+        sep = next((s for s in (";", "\t") if s in header[0]), ",")
+        if sep != ",":
+            header = next(csv.reader([first], delimiter=sep))
+            print(f"tamis: note: {source} is {'tab' if sep == chr(9) else repr(sep)}-separated; read it so.", file=sys.stderr)
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise StageError(
+            f"{key}: {source} has duplicate column names {', '.join(map(repr, dupes))}; give each column its own name."
+        )
+    return sep
+
+
+def shown(value: Any) -> str:
+    """A value as the user wrote it (``6``, ``'cat'``), never a numpy repr like ``np.int64(6)``."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def label_spellings(labels: pd.Series) -> list[list[str]]:
+    """Groups of distinct text labels that differ only by case or surrounding spaces (``cat``, ``cat ``, ``Cat``)."""
+    text = pd.Series([v for v in labels.dropna().unique() if isinstance(v, str)], dtype=object)
+    if text.empty:
+        return []
+    groups = text.groupby(text.str.strip().str.casefold()).agg(sorted)
+    return [g for g in groups if len(g) > 1]
+
+
+def fold_labels(labels: pd.Series, groups: list[list[str]]) -> pd.Series:
+    """Each spelling of a group replaced by the group's most frequent one."""
+    counts = labels.value_counts()
+    mapping = {v: max(g, key=lambda x: (counts.get(x, 0), x)) for g in groups for v in g}
+    return labels.map(lambda v: mapping.get(v, v) if isinstance(v, str) else v).astype(labels.dtype)
+
+
+def looks_like_id(labels: pd.Series) -> bool:
+    """Almost every value distinct: an id or a measurement, not a class (hundreds of real classes still pass)."""
+    known = labels.dropna()
+    distinct = known.nunique()
+    return distinct > MAX_ID_LIKE_CLASSES and distinct > ID_LIKE_SHARE * len(known)
 
 
 def stratify_key(labels: pd.Series) -> pd.Series | None:
@@ -221,8 +280,7 @@ class Encoder:
         codes = series.map(lambda v: lookup.get(_key(v), -1)).to_numpy(dtype=np.int64)
         if (codes < 0).any():
             bad = series[codes < 0].iloc[0]
-            bad = bad.item() if isinstance(bad, np.generic) else bad
-            raise StageError(f"{where}: label {bad!r} is not one of the training classes {self.classes}.")
+            raise StageError(f"{where}: label {shown(bad)} is not one of the training classes {self.classes}.")
         return codes
 
     def to_dict(self) -> dict[str, Any]:

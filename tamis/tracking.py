@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from tamis import dvcfiles
+from tamis.errors import StageError
 
 RUN_ENV = "TAMIS_RUN_ID"
 STAGE_TAG = "tamis.stage"
 EXECUTED_TAG = "tamis.executed"
+PREFLIGHT_TIMEOUT = 5.0  # seconds: an outage is said at once, not after a stage has run
 
 
 # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; the URIs set here are
@@ -37,6 +39,35 @@ def user_tracking_uri() -> str | None:
 def tracking_uri(root: str | Path = ".") -> str:
     """``MLFLOW_TRACKING_URI`` when set, else a SQLite file in the repository."""
     return user_tracking_uri() or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def masked(uri: str) -> str:
+    """``uri`` with its password hidden (``https://user:***@host``): every URI tamis prints or logs goes through this."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def preflight(uri: str) -> None:
+    """An http(s) tracking server must answer within ``PREFLIGHT_TIMEOUT`` before a run starts (else bad input)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        reply = requests.get(f"{uri.rstrip('/')}/health", timeout=PREFLIGHT_TIMEOUT)
+        problem = f"it answered HTTP {reply.status_code}" if reply.status_code >= 500 else None
+    except requests.RequestException as err:
+        problem = f"{type(err).__name__}"
+    if problem:
+        raise StageError(
+            f"MLFLOW_TRACKING_URI: the MLflow tracking server {masked(uri)} is unreachable ({problem});"
+            " start it or point MLFLOW_TRACKING_URI at one that runs."
+        )
 
 
 def experiment_id(name: str, root: str | Path = ".") -> str:

@@ -60,7 +60,37 @@ def broken(frame: pd.DataFrame, case: str) -> pd.DataFrame:
         frame = frame.drop(columns=["label"])
     elif case == "infinite":
         frame.loc[5, "x2"] = np.inf
+    elif case == "label_spellings":
+        frame.loc[frame.index[:4], "label"] = ["C0", "c0 ", "C1", "c1"]
+    elif case == "id_label":
+        frame["label"] = [f"row-{i}" for i in range(len(frame))]
+    elif case == "int_tiny_class":
+        frame["label"] = frame["label"].str[1:].astype(int)
+        frame.loc[frame.index[:3], "label"] = 6
+    elif case == "reserved":
+        frame["weight"] = 1.0
+    elif case == "duplicate_columns":
+        frame = pd.concat([frame, frame[["x1"]]], axis=1)  # the CSV header says x1 twice
     return frame
+
+
+def write_input(case: str, tmp_path: Path) -> list[str]:
+    """The broken input of ``case`` on disk; returns the params that point at it."""
+    bad = tmp_path / "bad.csv"
+    frame = broken(mixed_table(300), case)
+    if case == "missing_file":
+        return [f"data.train={tmp_path / 'missing.csv'}"]
+    if case == "unknown_key":
+        return ["train.epohcs=3"]
+    if case == "directory":
+        return [f"data.train={tmp_path}"]
+    frame.to_csv(bad, index=False)
+    if case == "stray_test_label":
+        test = mixed_table(60, seed=1)
+        test.loc[4, "label"] = "c9"
+        test.to_csv(tmp_path / "test.csv", index=False)
+        return [f"data.train={bad}", f"data.test={tmp_path / 'test.csv'}"]
+    return [f"data.train={bad}"]
 
 
 CASES = [
@@ -73,6 +103,16 @@ CASES = [
     ("non_numeric", "validate", r"^tamis validate: .*bad\.csv \((train|calib|test) split\): column 'x1' should be numeric but holds non-numeric values \(e\.g\. 'abc'\)"),
     ("infinite", "validate", r"^tamis validate: .*bad\.csv \((train|calib|test) split\): numeric column 'x2' holds infinite values"),
     ("unknown_key", "ingest", r"^tamis ingest: params\.yaml: unknown key 'train\.epohcs'; check its spelling"),
+    ("label_spellings", "ingest", r"^tamis ingest: data\.label: column 'label' in .*bad\.csv holds labels that differ only by"
+     r" case or spaces \('C0', 'c0', 'c0 '; 'C1', 'c1'\); .* set data\.normalize_labels: true"),
+    ("id_label", "ingest", r"^tamis ingest: data\.label: column 'label' in .*bad\.csv has 300 distinct values in 300 rows,"
+     r" so it is probably an id or a continuous value"),
+    ("int_tiny_class", "validate", r"^tamis validate: .*bad\.csv \(train split\): class 6 has \d training row\(s\)"),
+    ("directory", "ingest", r"^tamis ingest: data\.train: '.*' is a directory; expected a \.csv or \.parquet file\.$"),
+    ("duplicate_columns", "ingest", r"^tamis ingest: data\.train: .*bad\.csv has duplicate column names 'x1'"),
+    ("reserved", "ingest", r"^tamis ingest: data\.train: column\(s\) 'weight' in .*bad\.csv are reserved for tamis"),
+    ("stray_test_label", "validate", r"^tamis validate: .*test\.csv \(test split\): label column 'label' holds classes"
+     r" the training split lacks \(e\.g\. 'c9'\)"),
 ]
 
 
@@ -97,14 +137,7 @@ def test_bad_input_is_one_sentence_and_loses_nothing(good_workspace, tmp_path, m
     repo = tmp_path / "repo"
     shutil.copytree(good_workspace, repo, symlinks=True)
     before = snapshot(repo)
-    bad = tmp_path / "bad.csv"
-    broken(mixed_table(300), case).to_csv(bad, index=False)
-    if case == "missing_file":
-        set_params(repo, f"data.train={tmp_path / 'missing.csv'}")
-    elif case == "unknown_key":
-        set_params(repo, "train.epohcs=3")
-    else:
-        set_params(repo, f"data.train={bad}")
+    set_params(repo, *write_input(case, tmp_path))
     for step in ("ingest", "validate"):
         code, err = stage_cli(repo, step, monkeypatch, capsys)
         if step == stage:
@@ -112,6 +145,7 @@ def test_bad_input_is_one_sentence_and_loses_nothing(good_workspace, tmp_path, m
         assert code == 0, err
     said = [ln for ln in err.splitlines() if ln.startswith("tamis ")]
     assert code == 2 and len(said) == 1 and re.search(message, said[0]), err
+    assert "np." not in said[0]  # values as the user wrote them
     assert snapshot(repo) == before
 
 
@@ -125,3 +159,26 @@ def test_a_stage_process_exits_2_with_one_line_and_no_traceback(good_workspace, 
     assert proc.stderr.strip().splitlines()[-1] == f"tamis ingest: data.train: file '{tmp_path / 'missing.csv'}' does not exist."
     assert "Traceback" not in proc.stderr
     assert snapshot(repo) == before
+
+
+def test_label_spellings_are_folded_when_asked(good_workspace, tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    write_input("label_spellings", tmp_path)
+    set_params(repo, f"data.train={tmp_path / 'bad.csv'}", "data.normalize_labels=true")
+    for step in ("ingest", "validate"):
+        code, err = stage_cli(repo, step, monkeypatch, capsys)
+        assert code == 0, err
+    classes = pd.read_parquet(repo / "data/validated/train.parquet")["label"].unique()
+    assert sorted(classes) == ["c0", "c1", "c2"]
+
+
+def test_a_semicolon_separated_file_is_read_with_its_separator(good_workspace, tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    mixed_table(300).to_csv(tmp_path / "semi.csv", sep=";", index=False)
+    set_params(repo, f"data.train={tmp_path / 'semi.csv'}")
+    code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
+    assert code == 0, err
+    assert "is ';'-separated; read it so" in err
+    assert list(pd.read_parquet(repo / "data/raw/train.parquet").columns) == ["row_id", "x1", "x2", "color", "label"]

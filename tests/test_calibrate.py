@@ -168,3 +168,18 @@ def test_a_calib_split_without_a_class_is_refused(calibrated, tmp_path):
     with pytest.raises(StageError, match=r"calib split lacks class\(es\) \['c3'\]; raise data.calib_size"):
         calibrate.run(stage_chain.params_of(root), root)
     assert (root / "models/calibration.json").read_bytes() == before
+
+
+def test_many_classes_leave_the_full_matrix_calibrators_out_and_say_so():
+    import time
+
+    k = calibration.MAX_FULL_MATRIX_CLASSES + 10
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(k), 12)
+    logits = rng.normal(size=(len(y), k)) + 3.0 * np.eye(k)[y]
+    start = time.perf_counter()
+    _, scores, _ = calibration.select("auto", calibration.PARAMETRIC, logits, y, calibration.Settings())
+    assert set(scores) == {"none", "temperature", "vector"}
+    assert time.perf_counter() - start < 60
+    assert set(calibration.skipped(calibration.METHODS, k)) == {"matrix", "dirichlet"}
+    assert calibration.skipped(calibration.METHODS, calibration.MAX_FULL_MATRIX_CLASSES) == {}

@@ -97,8 +97,8 @@ def test_mlflow_parent_run_has_one_child_per_stage_with_lineage(flow_runs, mlflo
     from tamis.config import load_params
     from tamis.tracking import flatten_params
 
-    every_key = flatten_params(load_params(repo / "params.yaml").model_dump(by_alias=True, mode="json"))
-    assert run.params["train.epochs"] == "4" and set(run.params) == set(every_key)  # logged in batches of 100
+    every = flatten_params(load_params(repo / "params.yaml").model_dump(by_alias=True, mode="json"))
+    assert run.params["train.epochs"] == "4" and set(run.params) == set(every)  # every param (batches of 100)
     assert {"macro_f1", "wall_seconds", "seconds.train", "seconds.promote"} <= set(run.metrics)
     stages = [c.data.tags["tamis.stage"] for c in children]
     dvc_stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
@@ -141,6 +141,28 @@ def test_champion_is_registered_loads_and_predicts(flow_runs, mlflow_client):
     probs = pred[[c for c in pred.columns if c.startswith("proba_")]].to_numpy()
     assert probs.shape[1] == 10 and np.allclose(probs.sum(1), 1.0, atol=1e-4)
     assert (pred["label"].astype(int).to_numpy() == test["label"].to_numpy()).mean() > 0.5
+
+
+def test_the_parent_run_the_stage_runs_and_dvc_lock_record_the_same_params(flow_runs, mlflow_client):
+    """The third run's --set (calibrate.bootstrap=100) is what its parent, its stage runs and dvc.lock hold."""
+    from tamis.tracking import flatten_params
+
+    repo, _, _, third = flow_runs
+    parent = mlflow_client.get_run(third["parent_run_id"])
+    assert parent.data.params["calibrate.bootstrap"] == "100"
+    children = mlflow_client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{third['parent_run_id']}'"
+    )
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    executed = [c for c in children if c.data.tags.get("tamis.executed") == "true"]
+    assert "calibrate" in {c.data.tags["tamis.stage"] for c in executed}
+    for child in executed:
+        stage = child.data.tags["tamis.stage"]
+        if stage == "promote":
+            continue
+        recorded = {k: str(v) for k, v in flatten_params(lock[stage]["params"]["params.yaml"]).items()}
+        assert child.data.params == recorded, stage
+        assert {k: parent.data.params[k] for k in recorded} == recorded, stage
 
 
 def test_nothing_changed_runs_nothing_and_registers_nothing(flow_runs):
