@@ -24,6 +24,11 @@ of an MLP fit on the train rows, reduced by PCA), cleanlab finds:
   ``EL2N_EPOCH`` epochs, averaged over the folds whose models fit the
   row (all folds for calib and test rows).
 
+Rows a person reviewed (``tamis review apply``, ``data/fixes/labels.csv``) and
+kept are trusted: their flags are cleared (leakage excepted), and
+``metrics/audit.json`` says how often the audit's flags were right on them
+(``review.precision``: the reviewer's decisions as the truth).
+
 A class with fewer training rows than folds never gets here: validate stops it
 (``class_counts_check``), since every stratified fold needs rows of every class.
 """
@@ -42,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tamis import paths, reports, runtime, tracking
+from tamis import paths, reports, review, runtime, tracking
 from tamis.config import AuditParams, Params
 from tamis.contract import Outputs, StageError, stage_main
 from tamis.data import ROW_ID, SPLITS, Encoder, Schema, read_split
@@ -441,12 +446,25 @@ estimated noise rate {noise['estimated_noise_rate']:.1%}; out-of-sample accuracy
 <h2>Class balance</h2>{reports.table(["class", *SPLITS, "estimated noise (train)"], balance_rows)}""")
 
 
+def trust_reviewed(issues: pd.DataFrame, rows: pd.DataFrame, schema: Schema, fixes: pd.DataFrame) -> pd.DataFrame:
+    """Rows a person reviewed and kept are trusted: no flag but leakage (a copy across splits leaks whatever its label)."""
+    reviewed = review.trusted(review.row_keys(rows, schema.features), fixes)
+    out = issues.assign(reviewed=reviewed)
+    for col in out.columns:
+        if col.startswith("is_") and col.endswith("_issue") and col.removeprefix("is_").removesuffix("_issue") not in review.NOT_CLEARED:
+            out.loc[reviewed, col] = False
+    return out
+
+
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     schema = Schema.load(root / paths.SCHEMA)
     rows = load_rows(root, schema)
+    fixes = review.read_fixes(root)
     with tracking.stage_run("audit", params, root):
         issues, extra = audit_rows(rows, schema, params)
+        issues = trust_reviewed(issues, rows, schema, fixes)
+        extra["review"] = {"trusted_rows": int(issues["reviewed"].sum()), **review.precision(fixes, params.audit.issue_types)}
         metrics = summarise(issues, extra, schema, params)
         tracking.log_metrics({k: v for k, v in metrics.items() if k != "noise"})
         tracking.log_metrics({"noise_rate": metrics["noise"]["noise_rate_per_class"]})
