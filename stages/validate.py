@@ -197,9 +197,9 @@ def typed(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
 
 def drift_gate(frames: dict[str, pd.DataFrame], schema: Schema, params: Params, root: Path, meta: dict):
     """(new profile, findings, accepted profile or None): the typed input against the last accepted data."""
-    typed_rows = pd.concat([typed(f, schema) for f in frames.values()], ignore_index=True)
+    rows = pd.concat(list(frames.values()), ignore_index=True)
     lineage = {"source": meta["source"], "rows": meta["rows"]}
-    new = drift.profile(typed_rows, schema.label, schema.numeric, schema.categorical, lineage)
+    new = drift.profile(rows, schema.label, schema.numeric, schema.categorical, lineage)
     reference = drift.accepted(root)
     findings = [] if reference is None else drift.compare(reference, new, params.validate_.drift)
     return new, findings, reference
@@ -247,6 +247,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             raise StageError(failures[0] + more + ".")
         if not schema.features:
             raise StageError(f"{sources['train']}: no feature columns besides the label '{schema.label}'.")
+        frames = {split: typed(frame, schema) for split, frame in frames.items()}
         profile, findings, reference = drift_gate(frames, schema, params, root, meta)
         report["drift"] = drift.as_dicts(findings)
         metrics["drift"] = drift.metrics_of(findings, reference)
@@ -269,7 +270,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         with Outputs(root) as out:
             folder = out.dir(paths.VALIDATED)
             for split, frame in frames.items():
-                typed(frame, schema).to_parquet(folder / f"{split}.parquet", index=False)
+                frame.to_parquet(folder / f"{split}.parquet", index=False)
             (folder / "schema.json").write_text(dumps(schema.save_dict()) + "\n")
             out.write_json(paths.PROFILE, profile)
             out.write_json(paths.VALIDATION_REPORT, report)
