@@ -1,4 +1,4 @@
-"""The ``tamis`` command: run the retraining flow now, or serve it on a schedule."""
+"""The ``tamis`` command: run the retraining flow now, serve it on a schedule, or review the audit's suspects."""
 
 from __future__ import annotations
 
@@ -64,6 +64,30 @@ def _summary(result: dict, repo: Path) -> str:
     )
 
 
+def review(args: argparse.Namespace) -> int:
+    """``tamis review export`` / ``apply``: bad input is one sentence and exit code 2."""
+    from tamis import review as lib
+
+    repo = Path(args.repo).resolve()
+    try:
+        if args.review_command == "export":
+            if args.top is not None and args.top < 1:
+                raise StageError(f"--top {args.top}: expected a positive number of rows.")
+            table = lib.export(repo, args.top)
+            table.to_csv(args.out, index=False)
+            print(f"tamis: {len(table)} row(s) to review in {args.out}, worst first; fill decision (keep / relabel / drop)"
+                  f" and reviewed_label, then: tamis review apply {args.out}")
+        else:
+            done = lib.apply(repo, args.file)
+            print(f"tamis: {done['decided']} decision(s) recorded ({done['decisions']}), {done['undecided']} row(s) left"
+                  f" undecided; {done['path']} holds {done['fixes']} fix(es); the next run applies them"
+                  " (commit the file to keep them)")
+    except StageError as err:
+        print(f"tamis: {err}", file=sys.stderr)
+        return BAD_INPUT_EXIT
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tamis", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     init_p = sub.add_parser("init", help="start a new tamis project (git + DVC) in an empty folder")
     init_p.add_argument("dest", help="the new project folder")
     registry_cli.add_parsers(sub)
+    review_p = sub.add_parser("review", help="label review: export the audit's suspects, apply a filled review")
+    review_sub = review_p.add_subparsers(dest="review_command", required=True)
+    export_p = review_sub.add_parser("export", help="write the rows the audit flags, worst first, for a person to review")
+    export_p.add_argument("--top", type=int, metavar="N", help="only the N worst rows (default: all flagged rows)")
+    export_p.add_argument("--out", default="review.csv", help="the review file to write (default: review.csv)")
+    apply_p = review_sub.add_parser("apply", help="check a filled review file and record it in data/fixes/labels.csv")
+    apply_p.add_argument("file", help="the filled review file (decision: keep / relabel / drop)")
+    for p in (export_p, apply_p):
+        p.add_argument("--repo", default=".", help="the tamis checkout (default: here)")
     for p in (run_p, serve_p):
         p.add_argument("--repo", default=".", help="the tamis checkout to run in (default: here)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -100,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         except StageError as err:
             print(f"tamis: {err}", file=sys.stderr)
             return BAD_INPUT_EXIT
+    if args.command == "review":
+        return review(args)
     # parallelism is a runtime setting, not a DVC param: the stage processes inherit it, and nothing re-runs for it
     if args.jobs is not None:
         os.environ[runtime.JOBS_ENV] = str(args.jobs)

@@ -26,10 +26,10 @@ def add_parsers(sub) -> None:
 def _name(args: argparse.Namespace, repo: Path) -> str:
     if args.name:
         return args.name
-    from stages.promote import model_name
     from tamis.config import load_params
 
-    return model_name(load_params(repo / "params.yaml"))
+    params = load_params(repo / "params.yaml")
+    return registry.model_name(params.promote.model_name, params.data.train, params.data.label)
 
 
 def run(args: argparse.Namespace) -> int:

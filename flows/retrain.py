@@ -4,7 +4,9 @@ Each task runs its stage through ``dvc repro --single-item``, so DVC decides
 what changed and an unchanged stage is skipped; the flow adds retries (not for
 bad input, which stays bad), one MLflow parent run per pipeline run with a
 child per stage tagged with DVC's dependency hashes, a schedule
-(``prefect.yaml`` / ``tamis serve``) and the final registry promotion.
+(``prefect.yaml`` / ``tamis serve``) and the final registry promotion. A run
+that gets through promote is accepted: its data profile becomes the drift
+gate's reference (``data/accepted/profile.json``) for the next run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.exceptions import TerminationSignal
 
-from tamis import dvcfiles, lock, paths, processes, tracking
+from tamis import drift, dvcfiles, lock, paths, processes, tracking
 from tamis.config import (
     Params,
     apply_overrides,
@@ -237,6 +239,9 @@ def _run_pipeline(root: Path, overrides: list[str]) -> dict[str, Any]:
         promote_start = time.perf_counter()
         promoted = promote(str(root), parent)
         promote_seconds = time.perf_counter() - promote_start
+        # the run is accepted: its data becomes the drift gate's reference for the next run
+        accepted = drift.accept(root, promoted["model_name"], {"parent_run_id": parent, "model_version": promoted["version"],
+                                       "champion_moved": promoted["champion_moved"]})
     except BaseException as err:
         client.set_terminated(parent, "KILLED" if isinstance(err, STOPPED) else "FAILED")
         raise
@@ -245,7 +250,7 @@ def _run_pipeline(root: Path, overrides: list[str]) -> dict[str, Any]:
     metrics.update({"wall_seconds": time.perf_counter() - start, "seconds.promote": promote_seconds})
     metrics.update({f"seconds.{r['stage']}": r["seconds"] for r in results})
     log_batch(client, parent, metrics=metrics)
-    for report in (paths.MODEL_CARD, "dvc.lock"):
+    for report in (paths.MODEL_CARD, paths.VALIDATION_HTML, accepted.relative_to(root), "dvc.lock"):
         if (root / report).exists():
             client.log_artifact(parent, str(root / report))
     client.set_terminated(parent, "FINISHED")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[1]
 # what a tamis checkout needs to run; venvs, outputs and caches stay behind
-FILES = ("tamis", "stages", "flows", "docs", "params.yaml", "dvc.yaml", "pyproject.toml", "prefect.yaml", ".gitignore", "Makefile")
+FILES = ("tamis", "stages", "flows", "docs", "data/fixes", "params.yaml", "dvc.yaml", "pyproject.toml", "prefect.yaml", ".gitignore", "Makefile")
 
 
 def _run(cwd: Path, *cmd: str) -> None:

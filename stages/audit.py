@@ -24,15 +24,18 @@ of an MLP fit on the train rows, reduced by PCA), cleanlab finds:
   ``EL2N_EPOCH`` epochs, averaged over the folds whose models fit the
   row (all folds for calib and test rows).
 
+Rows a person reviewed (``tamis review apply``, ``data/fixes/labels.csv``) and
+kept are trusted: their flags are cleared (leakage excepted), and
+``metrics/audit.json`` says how often the audit's flags were right on them
+(``review.precision``: the reviewer's decisions as the truth).
+
 A class with fewer training rows than folds never gets here: validate stops it
 (``class_counts_check``), since every stratified fold needs rows of every class.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import io
 import math
 import sys
@@ -44,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tamis import paths, runtime, tracking
+from tamis import paths, reports, review, runtime, tracking
 from tamis.config import AuditParams, Params
 from tamis.contract import Outputs, StageError, stage_main
 from tamis.data import ROW_ID, SPLITS, Encoder, Schema, read_split
@@ -392,11 +395,7 @@ def summarise(issues: pd.DataFrame, extra: dict[str, Any], schema: Schema, param
 
 def noise_heatmap(matrix: list[list[float]], classes: list[Any]) -> str:
     """The estimated noise matrix as an inline base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = reports.figure()
     m = np.asarray(matrix)
     size = min(12.0, 2.5 + 0.45 * len(classes))
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -410,23 +409,13 @@ def noise_heatmap(matrix: list[list[float]], classes: list[Any]) -> str:
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.5 else "black", fontsize=8)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return reports.png(fig)
 
 
 def render_report(issues: pd.DataFrame, metrics: dict[str, Any], schema: Schema, worst: int = 25) -> str:
-    counts = _table(["issue type", *SPLITS], [[t, *by.values()] for t, by in metrics["issues"].items()])
+    counts = reports.table(["issue type", *SPLITS], [[t, *by.values()] for t, by in metrics["issues"].items()])
     flagged = issues[issues["is_label_issue"]].nsmallest(worst, "label_quality")
-    worst_rows = _table(
+    worst_rows = reports.table(
         ["split", "row_id", "given", "predicted", "label quality", "EL2N"],
         [[r.split, r.row_id, r.given_label, r.predicted_label, f"{r.label_quality:.3f}", f"{r.el2n:.3f}"]
          for r in flagged.itertuples()],
@@ -445,29 +434,37 @@ def render_report(issues: pd.DataFrame, metrics: dict[str, Any], schema: Schema,
         if leak
         else ""
     )
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tamis audit</title>
-<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>
-<h1>Audit</h1>
+    return reports.page("tamis audit", f"""<h1>Audit</h1>
 <p>{metrics['label_issues']} of {metrics['rows']} training rows ({metrics['label_issue_fraction']:.1%})
 look mislabelled;
 estimated noise rate {noise['estimated_noise_rate']:.1%}; out-of-sample accuracy against the given labels
 {metrics['out_of_sample_accuracy']:.3f} ({metrics['models']} models).</p>
 {leak_txt}
 <h2>Rows flagged per issue type</h2>{counts}
-<h2>Estimated noise matrix (train split)</h2><img alt="noise matrix" src="data:image/png;base64,{png}">
+<h2>Estimated noise matrix (train split)</h2>{reports.img(png, "noise matrix")}
 <h2>Worst {len(flagged)} rows</h2>{worst_rows}
-<h2>Class balance</h2>{_table(["class", *SPLITS, "estimated noise (train)"], balance_rows)}
-</body></html>
-"""
+<h2>Class balance</h2>{reports.table(["class", *SPLITS, "estimated noise (train)"], balance_rows)}""")
+
+
+def trust_reviewed(issues: pd.DataFrame, rows: pd.DataFrame, schema: Schema, fixes: pd.DataFrame) -> pd.DataFrame:
+    """Rows a person reviewed and kept are trusted: no flag but leakage (a copy across splits leaks whatever its label)."""
+    reviewed = review.trusted(review.row_keys(rows, schema.features), fixes)
+    out = issues.assign(reviewed=reviewed)
+    for col in out.columns:
+        if col.startswith("is_") and col.endswith("_issue") and col.removeprefix("is_").removesuffix("_issue") not in review.NOT_CLEARED:
+            out.loc[reviewed, col] = False
+    return out
 
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     schema = Schema.load(root / paths.SCHEMA)
     rows = load_rows(root, schema)
+    fixes = review.read_fixes(root)
     with tracking.stage_run("audit", params, root):
         issues, extra = audit_rows(rows, schema, params)
+        issues = trust_reviewed(issues, rows, schema, fixes)
+        extra["review"] = {"trusted_rows": int(issues["reviewed"].sum()), **review.precision(fixes, params.audit.issue_types)}
         metrics = summarise(issues, extra, schema, params)
         tracking.log_metrics({k: v for k, v in metrics.items() if k != "noise"})
         tracking.log_metrics({"noise_rate": metrics["noise"]["noise_rate_per_class"]})

@@ -38,14 +38,9 @@ import pandas as pd
 from tamis import paths, tracking
 from tamis.config import AUDIT_ISSUE_TYPES, CorrectParams, Params
 from tamis.contract import Outputs, StageError, stage_main
-from tamis.data import ROW_ID, Schema, read_split
+from tamis.data import ROW_ID, Schema, issue_columns, read_split
 
 PARAM_OF = {"label": "label_issue", "null": "null_values"}  # the others are named as their issue type
-
-
-def columns(issue: str) -> tuple[str, str]:
-    """(flag column, score column) of an issue type in the audit's table."""
-    return ("is_label_issue", "label_quality") if issue == "label" else (f"is_{issue}_issue", f"{issue}_score")
 
 
 def plan(issues: pd.DataFrame, c: CorrectParams) -> pd.DataFrame:
@@ -62,7 +57,7 @@ def plan(issues: pd.DataFrame, c: CorrectParams) -> pd.DataFrame:
         strategy = getattr(c, PARAM_OF.get(issue, issue))
         if strategy == "keep":
             continue
-        flag_col, score_col = columns(issue)
+        flag_col, score_col = issue_columns(issue)
         if flag_col not in issues.columns:
             raise StageError(
                 f"correct.{PARAM_OF.get(issue, issue)}: '{strategy}' needs the audit's {issue} check, which "

@@ -5,6 +5,13 @@ that file; otherwise it is carved out of ``data.train``. The calibration split
 is always carved out of the training rows. Demo noise (``data.inject_noise``)
 flips labels in the train split only; the true labels go to ``data/truth/``,
 which only evaluate reads.
+
+Then the label fixes of the review loop (``data/fixes/labels.csv``, written by
+``tamis review apply``) are applied to every split, before anything else reads
+the rows: reviewed labels set, dropped rows removed. They come after the split
+and the demo noise, so a fix never moves a row to another split and the demo
+noise never undoes a fix; the truth table then records the labels the pipeline
+is given.
 """
 
 from __future__ import annotations
@@ -16,10 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tamis import paths, tracking
+from tamis import paths, review, tracking
 from tamis.config import DataParams, NoiseParams, Params
 from tamis.contract import Outputs, StageError, dumps, stage_main
-from tamis.data import ROW_ID, fold_labels, label_spellings, load_source, looks_like_id, split_frame
+from tamis.data import ROW_ID, fold_labels, label_key, label_spellings, load_source, looks_like_id, split_frame
 
 
 def _load(source: str, label: str, key: str) -> pd.DataFrame:
@@ -116,6 +123,17 @@ def inject_noise(train: pd.DataFrame, label: str, noise: NoiseParams) -> tuple[p
     return out, truth
 
 
+def apply_fixes(parts: dict[str, pd.DataFrame], label: str, fixes: pd.DataFrame):
+    """(train, calib, test, counts): the reviewed labels applied to every split, dropped rows removed."""
+    counts = {"relabelled": 0, "dropped": 0, "matched": 0}
+    out = []
+    for part in parts.values():
+        fixed, n = review.apply_fixes(part, label, fixes)
+        counts = {k: counts[k] + n[k] for k in counts}
+        out.append(fixed)
+    return (*out, counts)
+
+
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     d = params.data
     frame = _load(d.train, d.label, "data.train")
@@ -136,11 +154,22 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
                 f"{d.train} (a demo setting); set data.inject_noise=null for real data.",
                 file=sys.stderr,
             )
+    injected = int(truth["flipped"].sum())
+    fixes = review.read_fixes(root)
+    train, calib, test, fixed = apply_fixes({"train": train, "calib": calib, "test": test}, d.label, fixes)
+    if not truth.empty:  # the labels the pipeline is given now: fixes set some, dropped rows are gone
+        given = train.set_index(ROW_ID)[d.label]
+        truth = truth[truth[ROW_ID].isin(given.index)].copy()
+        truth["given_label"] = truth[ROW_ID].map(given).to_numpy()
+        truth["flipped"] = truth["given_label"].map(label_key) != truth["true_label"].map(label_key)
     meta = {
         "source": {"train": d.train, "test": d.test},
         "rows": {"train": len(train), "calib": len(calib), "test": len(test)},
-        "injected_noise": None if d.inject_noise is None else int(truth["flipped"].sum()),
+        "injected_noise": None if d.inject_noise is None else injected,
+        "label_fixes": {"fixes": len(fixes), "md5": review.fixes_digest(root), **fixed},
     }
+    import mlflow
+
     with tracking.stage_run("ingest", params, root), Outputs(root) as out:
         raw = out.dir(paths.RAW)
         for name, part in (("train", train), ("calib", calib), ("test", test)):
@@ -148,7 +177,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         (raw / "meta.json").write_text(dumps(meta) + "\n")
         truth.astype({"flipped": bool}).to_parquet(out.path(paths.TRUTH), index=False)
         tracking.log_dataset(train, "train", d.train, "training")
-        tracking.log_metrics({"rows": meta["rows"]})
+        tracking.log_metrics({"rows": meta["rows"], "label_fixes": fixed})
+        mlflow.set_tag("tamis.label_fixes_md5", meta["label_fixes"]["md5"])  # lineage: which fixes this run used
     return meta
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,15 +32,6 @@ from tamis.data import ROW_ID, Schema, read_split
 from tamis.promotion import Decision, Scores, decide, row_digests, score
 
 SEEN_ROWS = "lineage/seen_rows.parquet"  # in each version's run: digests of the rows it trained or calibrated on
-
-
-def model_name(params: Params) -> str:
-    """``promote.model_name``, or for ``auto`` ``tamis-<data source>-<label>``: new data starts its own line."""
-    if params.promote.model_name != "auto":
-        return params.promote.model_name
-    source = params.data.train
-    stem = source.split(":", 1)[1] if source.startswith("sklearn:") else Path(source).stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"tamis-{stem}-{params.data.label}").strip("-")
 
 
 def model_digest(files: list[Path]) -> str:
@@ -170,7 +160,7 @@ def run(params: Params, root: str | Path = ".", parent_run_id: str | None = None
     root = Path(root)
     tracking.experiment_id(params.tracking.experiment, root)
     client = MlflowClient()
-    name = model_name(params)
+    name = registry.model_name(params.promote.model_name, params.data.train, params.data.label)
     label = params.data.label
     version, new = register(params, root, client, name, parent_run_id)
     result: dict[str, Any] = {"model_name": name, "version": int(version.version), "registered": new}

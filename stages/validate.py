@@ -6,12 +6,21 @@ rows for the audit's folds, numeric columns numeric and finite, few nulls, no
 class in calib / test that train lacks. A broken table stops here with one
 sentence naming the file and the column; an accepted one is written, typed,
 to ``data/validated/`` with its schema.
+
+Then the drift gate (``tamis/drift.py``): the input's profile against the
+profile of the last accepted run (``data/accepted/profile.json``, written by the
+flow after promote, read here but no DVC dependency: see docs/design.md). A
+``stop`` finding ends the stage with one sentence naming the column and the
+statistic; the first run, with nothing accepted yet, passes and says so. The
+new profile goes to ``data/profile.json``, the comparison to
+``reports/validation.html``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tamis import paths, tracking
+from tamis import drift, paths, registry, reports, tracking
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, dumps, read_json, stage_main
 from tamis.data import ROW_ID, SPLITS, Schema, feature_columns, read_split, shown
@@ -186,6 +195,23 @@ def typed(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return out
 
 
+def drift_gate(frames: dict[str, pd.DataFrame], schema: Schema, params: Params, root: Path, meta: dict):
+    """(new profile, findings, accepted profile or None): the typed input against the last accepted data."""
+    rows = pd.concat(list(frames.values()), ignore_index=True)
+    lineage = {"source": meta["source"], "rows": meta["rows"]}
+    new = drift.profile(rows, schema.label, schema.numeric, schema.categorical, lineage)
+    reference = drift.accepted(root, registry.model_name(params.promote.model_name, params.data.train, params.data.label))
+    findings = [] if reference is None else drift.compare(reference, new, params.validate_.drift)
+    return new, findings, reference
+
+
+def report_html(report: dict[str, Any], findings, reference, new) -> str:
+    """reports/validation.html: the suite's verdict per split, then the drift table."""
+    rows = [[split, "passed" if r["success"] else "failed", "; ".join(r["failures"]) or "-"] for split, r in report["splits"].items()]
+    suite = reports.table(["split", "great-expectations suite", "problems"], rows)
+    return reports.page("tamis validation", f"<h1>Validation</h1>{suite}{drift.report_html(findings, reference, new)}")
+
+
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     meta = read_json(root / paths.RAW / "meta.json")
@@ -196,6 +222,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}}
     failures: list[str] = []
     with tracking.stage_run("validate", params, root):
+        import mlflow
+
         where = {split: f"{sources[split]} ({split} split)" for split in frames}
         batches = {s: (f, _suite_checks(f, s, schema, params, where[s])) for s, f in frames.items()}
         for split, (split_failures, gx_result) in _gx_validate(batches).items():
@@ -212,21 +240,41 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "categorical_columns": len(schema.categorical),
             "failures": len(failures),
         }
-        import mlflow
-
-        mlflow.log_dict(report, "validation.json")
-        tracking.log_metrics(metrics)
         if failures:
+            mlflow.log_dict(report, "validation.json")
+            tracking.log_metrics(metrics)
             more = f" ({len(failures) - 1} more problem(s) in the run's validation.json)" if len(failures) > 1 else ""
             raise StageError(failures[0] + more + ".")
         if not schema.features:
             raise StageError(f"{sources['train']}: no feature columns besides the label '{schema.label}'.")
+        frames = {split: typed(frame, schema) for split, frame in frames.items()}
+        profile, findings, reference = drift_gate(frames, schema, params, root, meta)
+        report["drift"] = drift.as_dicts(findings)
+        metrics["drift"] = drift.metrics_of(findings, reference)
+        html = report_html(report, findings, reference, profile)
+        mlflow.log_dict(report, "validation.json")
+        mlflow.log_text(html, "validation.html")
+        tracking.log_metrics(metrics)
+        if reference is None:
+            print("tamis validate: no accepted data yet for this model line: first run, accepted without a drift check.")
+        for f in findings:
+            if f.verdict == "warn":
+                print(f"tamis validate (warning): drift: {f.sentence()}", file=sys.stderr)
+        stops = [f for f in findings if f.verdict == "stop"]
+        if stops:
+            more = f"; {len(stops) - 1} more stop(s)" if len(stops) > 1 else ""
+            raise StageError(
+                f"drift against the accepted data: {stops[0].sentence()}{more}; the comparison is validation.html "
+                "in the validate run in MLflow (set the rule's action to warn to accept this data)."
+            )
         with Outputs(root) as out:
             folder = out.dir(paths.VALIDATED)
             for split, frame in frames.items():
-                typed(frame, schema).to_parquet(folder / f"{split}.parquet", index=False)
+                frame.to_parquet(folder / f"{split}.parquet", index=False)
             (folder / "schema.json").write_text(dumps(schema.save_dict()) + "\n")
+            out.write_json(paths.PROFILE, profile)
             out.write_json(paths.VALIDATION_REPORT, report)
+            out.path(paths.VALIDATION_HTML).write_text(html)
             out.write_json(paths.metrics("validate"), metrics)
     return metrics
 

@@ -65,12 +65,42 @@ class DataParams(Section):
         return self
 
 
+DriftAction = Literal["warn", "stop", "off"]
+
+
+class DriftRule(Section):
+    """A distribution statistic against the accepted data: above ``threshold``, ``action``."""
+
+    threshold: float = Field(ge=0.0, le=1.0)
+    action: DriftAction = "stop"
+
+
+class DriftParams(Section):
+    """The drift gate against the last accepted data (``data/accepted/profile.json``)."""
+
+    columns: DriftAction = "stop"
+    """A feature column added, removed or retyped (numeric <-> categorical)."""
+    new_class: DriftAction = "stop"
+    vanished_class: DriftAction = "stop"
+    new_category: DriftAction = "warn"
+    """A value of a categorical column the accepted data never had."""
+    label: DriftRule = DriftRule(threshold=0.1, action="stop")
+    """Jensen-Shannon distance (base 2) of the class shares."""
+    numeric: DriftRule = DriftRule(threshold=0.15, action="stop")
+    """Two-sample Kolmogorov-Smirnov statistic of each numeric column."""
+    categorical: DriftRule = DriftRule(threshold=0.15, action="stop")
+    """Jensen-Shannon distance (base 2) of each categorical column's category shares."""
+    null_share: DriftRule = DriftRule(threshold=0.05, action="warn")
+    """Rise of a column's share of missing values."""
+
+
 class ValidateParams(Section):
     numeric_share: float = Field(0.9, gt=0.5, le=1.0)
     """An object column whose values parse as numbers at least this often is numeric."""
     max_null_fraction: float = Field(0.5, ge=0.0, lt=1.0)
     """Largest share of missing values allowed in a feature column (the rest are filled: numbers with the
     training median, categories with a learned "missing or unseen" code; the model card lists them)."""
+    drift: DriftParams = DriftParams()
 
 
 class FitParams(Section):

@@ -169,6 +169,11 @@ def audit_probs(issues: pd.DataFrame, rows: pd.DataFrame, n_classes: int) -> np.
     return found[[f"prob_{i}" for i in range(n_classes)]].to_numpy(np.float64)
 
 
+def issue_columns(issue: str) -> tuple[str, str]:
+    """(flag column, score column) of an audit issue type in ``data/audit/issues.parquet``; lower scores are worse."""
+    return ("is_label_issue", "label_quality") if issue == "label" else (f"is_{issue}_issue", f"{issue}_score")
+
+
 def feature_columns(frame: pd.DataFrame, label: str) -> list[str]:
     return [c for c in frame.columns if c != label and c not in META_COLUMNS]
 
@@ -276,8 +281,8 @@ class Encoder:
 
     def labels(self, series: pd.Series, where: str = "labels") -> np.ndarray:
         """Class indices 0..K-1 in the order of ``classes``."""
-        lookup = {_key(v): i for i, v in enumerate(self.classes)}
-        codes = series.map(lambda v: lookup.get(_key(v), -1)).to_numpy(dtype=np.int64)
+        lookup = {label_key(v): i for i, v in enumerate(self.classes)}
+        codes = series.map(lambda v: lookup.get(label_key(v), -1)).to_numpy(dtype=np.int64)
         if (codes < 0).any():
             bad = series[codes < 0].iloc[0]
             raise StageError(f"{where}: label {shown(bad)} is not one of the training classes {self.classes}.")
@@ -308,7 +313,7 @@ def quantile_normal(x: np.ndarray, quantiles: list[float]) -> np.ndarray:
     return ndtri(np.clip(u, eps, 1.0 - eps))
 
 
-def _key(value: Any) -> str:
+def label_key(value: Any) -> str:
     """Label identity across int/str/numpy types (3, '3' and np.int64(3) are one class)."""
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)

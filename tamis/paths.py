@@ -15,6 +15,16 @@ SCHEMA = VALIDATED / "schema.json"
 ISSUES = Path("data/audit/issues.parquet")
 CORRECTED = Path("data/corrected")  # the corrected train split and the trusted calibration split
 RESAMPLED = Path("data/resampled")
+PROFILE = Path("data/profile.json")  # validate: the new data's drift profile
+# the drift gate's reference: the profile of the last accepted run, written by the flow after promote;
+# not a DVC out or dep (it must outlive the stage that compares with it; see docs/design.md)
+ACCEPTED = Path("data/accepted")  # one profile per model line: <model name>.json
+
+
+def accepted_profile(model_name: str) -> Path:
+    """The drift gate's reference for one model line (other data, another line, another reference)."""
+    return ACCEPTED / f"{model_name}.json"
+LABEL_FIXES = Path("data/fixes/labels.csv")  # reviewed labels (tamis review apply), git-tracked; ingest applies them
 
 MODELS = Path("models")
 TEACHER = MODELS / "teacher.pt"
@@ -24,6 +34,7 @@ VARIANTS = MODELS / "variants"
 SERVING = MODELS / "serving.json"
 
 VALIDATION_REPORT = Path("reports/validation.json")
+VALIDATION_HTML = Path("reports/validation.html")
 AUDIT_REPORT = Path("reports/audit.html")
 MODEL_CARD = Path("reports/model_card.md")
 TRAIN_CURVE = Path("plots/train_curve.csv")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,17 @@ HISTORY_TAG = "tamis_alias_history"
 HISTORY_KEEP = 50  # alias moves kept on the model (a tag holds at most 5000 characters)
 DIGEST_TAG = "tamis_model_digest"
 ROLLED_BACK_TAG = "tamis_rolled_back"
+
+
+def model_name(configured: str, source: str, label: str) -> str:
+    """``promote.model_name``, or for ``auto`` ``tamis-<data source>-<label>``: other data starts its own line.
+
+    (Data whose file name changes every night should set ``promote.model_name``.)
+    """
+    if configured != "auto":
+        return configured
+    stem = source.split(":", 1)[1] if source.startswith("sklearn:") else Path(source).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"tamis-{stem}-{label}").strip("-")
 
 
 def versions(client, name: str) -> list[Any]:

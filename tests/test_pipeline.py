@@ -291,3 +291,77 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     assert not (yaml.safe_load((repo / "params.yaml").read_text())["data"]["inject_noise"])
     truth = __import__("pandas").read_parquet(repo / "data/truth/labels.parquet")
     assert truth.empty or not truth["flipped"].any()
+
+
+def test_drift_stops_the_flow_before_anything_downstream_and_the_champion_stays(flow_runs, mlflow_client, tmp_path):
+    """After the accepted runs above, a scaled column in new data stops validate: exit 2, one sentence."""
+    from tamis import paths
+    from tamis.data import load_source
+
+    repo = flow_runs[0]
+    accepted = json.loads((repo / paths.accepted_profile(NAME)).read_text())
+    assert mlflow_client.get_run(accepted["accepted"]["parent_run_id"]).info.status == "FINISHED"  # an accepted run
+    champion = ensure_champion(mlflow_client, NAME)
+    versions = len(mlflow_client.search_model_versions())
+    shifted = load_source("sklearn:digits", "label")
+    shifted["pixel_3_4"] = shifted["pixel_3_4"] * 1.5 + 2.0
+    shifted.to_csv(tmp_path / "shifted.csv", index=False)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "--repo", str(repo), "--set", f"data.train={tmp_path / 'shifted.csv'}",
+             "--set", f"promote.model_name={NAME}"],  # tonight's data for the same model line
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+    finally:
+        set_params(repo, "data.train=sklearn:digits", "promote.model_name=auto")
+    said = [ln for ln in proc.stderr.splitlines() if ln.startswith("tamis: ")]
+    assert proc.returncode == 2 and len(said) == 1, proc.stderr[-2000:]
+    last = said[0]
+    assert re.match(r"tamis: stage 'validate' failed: drift against the accepted data: feature column 'pixel_3_4': "
+                    r"KS statistic 0\.\d+ > 0\.15 \(validate\.drift\.numeric\.threshold", last), last
+    assert json.loads((repo / paths.accepted_profile(NAME)).read_text()) == accepted
+    assert int(mlflow_client.get_model_version_by_alias(NAME, "champion").version) == champion
+    assert len(mlflow_client.search_model_versions()) == versions  # nothing registered under any name
+    experiment = mlflow_client.get_experiment_by_name("tamis").experiment_id
+    parent = mlflow_client.search_runs([experiment], "tags.`tamis.pipeline` = 'retrain'", order_by=["start_time DESC"])[0]
+    assert parent.info.status == "FAILED"
+    stages = {c.data.tags["tamis.stage"] for c in mlflow_client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    assert stages == {"fingerprint", "ingest", "validate"}  # nothing downstream ran
+
+
+def test_review_loop_through_the_flow_records_the_fixes_it_used(flow_runs, mlflow_client, tmp_path):
+    """export -> a scripted reviewer (the truth) -> apply -> the next flow run: the one extra full pipeline run."""
+    import pandas as pd
+
+    from flows.cli import main
+    from flows.retrain import retrain
+    from tamis import paths, review
+
+    repo = flow_runs[0]
+    assert main(["review", "export", "--repo", str(repo), "--out", str(tmp_path / "review.csv"), "--top", "40"]) == 0
+    filled = pd.read_csv(tmp_path / "review.csv", dtype=str, keep_default_na=False)
+    truth = pd.read_parquet(repo / paths.TRUTH).set_index("row_id")
+    train = (filled["split"] == "train") & filled["issues"].str.contains("label")
+    row = filled["row_id"].astype(int)
+    hit = train & row.map(truth["flipped"]).fillna(False).astype(bool)
+    filled.loc[train, "decision"] = "keep"
+    filled.loc[hit, "decision"] = "relabel"
+    filled.loc[hit, "reviewed_label"] = row[hit].map(truth["true_label"]).astype(str)
+    filled.to_csv(tmp_path / "review.csv", index=False)
+    assert main(["review", "apply", str(tmp_path / "review.csv"), "--repo", str(repo)]) == 0
+
+    run = retrain(repo=str(repo))
+    ran = {s["stage"] for s in run["stages"] if s["executed"]}
+    assert {"ingest", "validate", "audit", "train"} <= ran
+    children = mlflow_client.search_runs(
+        [mlflow_client.get_run(run["parent_run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{run['parent_run_id']}'"
+    )
+    ingest_run = next(c for c in children if c.data.tags["tamis.stage"] == "ingest")
+    assert ingest_run.data.tags["tamis.label_fixes_md5"] == review.fixes_digest(repo)
+    assert ingest_run.data.metrics["label_fixes.matched"] >= train.sum()  # >: a reviewed row's exact copies too
+    audit = json.loads((repo / paths.metrics("audit")).read_text())["review"]
+    assert audit["trusted_rows"] >= train.sum()
+    assert audit["label_issue_precision"] == pytest.approx(hit.sum() / train.sum())
+    version = mlflow_client.get_model_version(run["promote"]["model_name"], str(run["promote"]["version"]))
+    assert version.tags["tamis_dvc_labels.csv"]  # the registered model names the fixes' DVC hash
