@@ -23,6 +23,7 @@ SECTIONS = [
     ("quality", "Quality: tamis against the usual alternatives"),
     ("audit_quality", "Audit: label-issue detection against cleanlab's CleanLearning, and its cost"),
     ("train_quality", "Teacher: noise-robust training and balancing against the peers, and throughput"),
+    ("calibration_noise", "Calibration when the calibration labels are noisy too"),
     ("compress_quality", "Shipped model: size, speed and calibration against the teacher"),
     ("machinery", "Machinery cost: stages, orchestration, re-runs"),
     ("scale", "Scale: time and memory per stage"),

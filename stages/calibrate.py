@@ -25,7 +25,7 @@ from tamis import paths, tracking
 from tamis.calibration import METHODS, Settings, apply_map, noise_matrix, select, skipped
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, stage_main
-from tamis.data import audit_probs, read_calib
+from tamis.data import audit_probs, calibration_rows
 from tamis.metrics import ECE_BINS, calibration_report, classification, noise_corrected_ece, softmax
 from tamis.nets import Table, load_model, logits_of
 
@@ -36,7 +36,7 @@ def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray, np
     very rows calibration fits on (fold models never trained on calib rows).
     """
     model, encoder, _ = load_model(root / paths.TEACHER)
-    calib = read_calib(root)
+    calib = calibration_rows(root, params.calibrate.calib_rows)
     y = encoder.labels(calib[params.data.label], "calib split")
     missing = sorted(set(range(len(encoder.classes))) - set(y.tolist()))
     if missing:

@@ -58,7 +58,7 @@ from tamis.compression import (
 )
 from tamis.config import CompressParams, Params
 from tamis.contract import Outputs, StageError, read_json, stage_main
-from tamis.data import read_calib, read_split
+from tamis.data import calibration_rows, read_split
 from tamis.metrics import ECE_BINS, classification, noise_corrected_ece
 from tamis.nets import MLP, Table, load_model, logits_of, param_count, resolve_device, seed_everything
 from tamis.serving import Predictor
@@ -198,7 +198,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     teacher, _, _ = load_model(root / paths.TEACHER)
     teacher_cal = read_json(root / paths.CALIBRATION)
     label = params.data.label
-    calib = read_calib(root)
+    calib = calibration_rows(root, params.calibrate.calib_rows)  # the rows calibrate fitted on, and T describes
     train = read_split(root / paths.RESAMPLED, "train")
     num, cat = encoder.transform(calib)
     y = encoder.labels(calib[label], "calib split")

@@ -27,7 +27,7 @@ from tamis import paths, tracking
 from tamis.calibration import PARAMETRIC, Settings, apply_map, select, skipped
 from tamis.config import DistillParams, Params
 from tamis.contract import Outputs, StageError, read_json, stage_main
-from tamis.data import read_calib, read_split
+from tamis.data import calibration_rows, read_calib, read_split
 from tamis.losses import cross_entropy, dkd_loss, kd_loss, nkd_loss
 from tamis.metrics import ECE_BINS, classification
 from tamis.nets import (
@@ -106,15 +106,17 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     calib = read_calib(root)
     label = params.data.label
     train_t = Table.of(*encoder.transform(train), encoder.labels(train[label]), train.get("weight"), device=device)
-    calib_t = Table.of(*encoder.transform(calib), encoder.labels(calib[label]), device=device)
+    calib_t = Table.of(*encoder.transform(calib), encoder.labels(calib[label]), device=device)  # early stopping
+    fit_rows = calibration_rows(root, params.calibrate.calib_rows)  # the student's calibration, as the teacher's
+    cal_t = Table.of(*encoder.transform(fit_rows), encoder.labels(fit_rows[label]), device=device)
     train_t.soft = soft_targets(teacher, teacher_cal, train_t)
-    y = calib_t.y.cpu().numpy()
+    y = cal_t.y.cpu().numpy()
     with tracking.stage_run("distill", params, root):
         students, report = {}, {}
         losses = {"distilled": distill_loss(kd), "baseline": lambda z, b: cross_entropy(z, b.y, b.weight)}
         for name, loss_fn in losses.items():
             student, best_epoch = train_student(params, encoder, train_t, calib_t, loss_fn, f"distill ({name})")
-            logits = logits_of(student, calib_t).cpu().numpy()
+            logits = logits_of(student, cal_t).cpu().numpy()
             cal, scores, oof = student_calibration(logits, y, params, teacher_cal.get("noise"))
             students[name] = (student, cal)
             report[name] = {

@@ -277,6 +277,9 @@ class CalibrateParams(Section):
     """Off-diagonal and intercept L2 penalty of matrix / Dirichlet scaling."""
     noise_aware: bool = True
     """Fit and choose calibrators by the forward-corrected likelihood with the calib labels' estimated noise matrix."""
+    calib_rows: Literal["all", "trusted"] = "all"
+    """The calib rows calibrators fit on (and the compress gate scores on): all, or those the audit trusts.
+    Dropping flagged rows leaves input-dependent noise that breaks the noise model (benchmarks/calibration_noise)."""
     histogram_bins: int = Field(15, ge=2)
     bootstrap: int = Field(200, ge=0)
     """Bootstrap resamples for the 95% intervals of the calibration metrics (0: none)."""

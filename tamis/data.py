@@ -160,6 +160,12 @@ def read_calib(root: str | Path) -> pd.DataFrame:
     return read_split(Path(root) / paths.CORRECTED, "calib")
 
 
+def calibration_rows(root: str | Path, rows: str) -> pd.DataFrame:
+    """The calib rows calibrators fit on: ``all`` of them (with a noise-aware fit, the class-conditional noise
+    model holds) or the ``trusted`` ones (audit-flagged rows dropped, as early stopping uses)."""
+    return read_split(Path(root) / paths.VALIDATED, "calib") if rows == "all" else read_calib(root)
+
+
 def audit_probs(issues: pd.DataFrame, rows: pd.DataFrame, n_classes: int) -> np.ndarray:
     """The audit's out-of-sample class probabilities of ``rows`` (matched by split and row id)."""
     split = rows["split"].iloc[0] if "split" in rows.columns and len(rows) else "calib"

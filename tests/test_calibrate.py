@@ -161,7 +161,7 @@ def test_stage_writes_the_calibrator_its_scores_and_the_reliability_plot(calibra
 
 def test_a_calib_split_without_a_class_is_refused(calibrated, tmp_path):
     root = stage_chain.copy_of(calibrated, tmp_path / "ws")
-    path = root / "data/corrected/calib.parquet"
+    path = root / "data/validated/calib.parquet"  # the rows calibrate fits on (calibrate.calib_rows: all)
     calib = pd.read_parquet(path)
     calib[calib["label"] != "c3"].to_parquet(path, index=False)
     before = (root / "models/calibration.json").read_bytes()

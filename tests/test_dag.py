@@ -175,7 +175,9 @@ def test_the_coverage_check_sees_reads_through_aliases(tmp_path):
     assert not covered("train.epochs", ["train.hidden"]) and covered("train.epochs", ["train"])
 
 
-def test_stages_reading_the_trusted_calibration_split_depend_on_it():
+def test_stages_reading_the_calibration_split_depend_on_both_of_its_forms():
+    """Early stopping reads the trusted calib rows (data/corrected), calibration fits all or trusted ones."""
     for name in ("train", "calibrate", "distill", "compress"):
-        assert "read_calib(" in (ROOT / "stages" / f"{name}.py").read_text(), name
-        assert str(paths.CORRECTED) in DAG[name]["deps"], name
+        code = (ROOT / "stages" / f"{name}.py").read_text()
+        assert "read_calib(" in code or "calibration_rows(" in code, name
+        assert {str(paths.CORRECTED), str(paths.VALIDATED)} <= set(DAG[name]["deps"]), name

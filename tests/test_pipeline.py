@@ -273,26 +273,6 @@ def test_the_comparison_excludes_rows_either_model_trained_on(flow_runs, mlflow_
         assert not promoted["champion_moved"] and "promote.min_rows" in promoted["reason"]
 
 
-def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_noise(flow_runs, tmp_path):
-    """After a digits run (demo noise on), the README's own commands on a CSV with other columns."""
-    from conftest import mixed_table
-
-    repo = flow_runs[0]
-    mixed_table(400, seed=1).to_csv(tmp_path / "my.csv", index=False)
-    mixed_table(120, seed=2).to_csv(tmp_path / "my_test.csv", index=False)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}"}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--repo", str(repo),
-           "--set", f"data.train={tmp_path / 'my.csv'}", "--set", f"data.test={tmp_path / 'my_test.csv'}",
-           "--set", "data.label=label"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "registered 'tamis-my-label' v1" in proc.stdout, proc.stdout[-2000:]
-    assert "no noise injected" in proc.stdout
-    assert not (yaml.safe_load((repo / "params.yaml").read_text())["data"]["inject_noise"])
-    truth = __import__("pandas").read_parquet(repo / "data/truth/labels.parquet")
-    assert truth.empty or not truth["flipped"].any()
-
-
 def test_drift_stops_the_flow_before_anything_downstream_and_the_champion_stays(flow_runs, mlflow_client, tmp_path):
     """After the accepted runs above, a scaled column in new data stops validate: exit 2, one sentence."""
     from tamis import paths
@@ -365,3 +345,24 @@ def test_review_loop_through_the_flow_records_the_fixes_it_used(flow_runs, mlflo
     assert audit["label_issue_precision"] == pytest.approx(hit.sum() / train.sum())
     version = mlflow_client.get_model_version(run["promote"]["model_name"], str(run["promote"]["version"]))
     assert version.tags["tamis_dvc_labels.csv"]  # the registered model names the fixes' DVC hash
+
+
+def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_noise(flow_runs, tmp_path):
+    """After the digits runs (demo noise on), the README's own commands on a CSV with other columns (runs last:
+    it points the workspace at other data)."""
+    from conftest import mixed_table
+
+    repo = flow_runs[0]
+    mixed_table(400, seed=1).to_csv(tmp_path / "my.csv", index=False)
+    mixed_table(120, seed=2).to_csv(tmp_path / "my_test.csv", index=False)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--repo", str(repo),
+           "--set", f"data.train={tmp_path / 'my.csv'}", "--set", f"data.test={tmp_path / 'my_test.csv'}",
+           "--set", "data.label=label"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "registered 'tamis-my-label' v1" in proc.stdout, proc.stdout[-2000:]
+    assert "no noise injected" in proc.stdout
+    assert not (yaml.safe_load((repo / "params.yaml").read_text())["data"]["inject_noise"])
+    truth = __import__("pandas").read_parquet(repo / "data/truth/labels.parquet")
+    assert truth.empty or not truth["flipped"].any()
