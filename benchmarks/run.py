@@ -27,6 +27,7 @@ SECTIONS = [
     ("compress_quality", "Shipped model: size, speed and calibration against the teacher"),
     ("machinery", "Machinery cost: stages, orchestration, re-runs"),
     ("scale", "Scale: time and memory per stage"),
+    ("validate_speed", "Validate on wide tables"),
     ("inference", "Inference: the shipped model against the teacher and a tree model"),
 ]
 RESULTS = ROOT / "benchmarks" / "results"
