@@ -1,5 +1,6 @@
 # `make run`: set up and run the whole pipeline on the default dataset.
 # `make test`: set up and run the tests. Both create .venv when it is missing.
+# `make test-deploy`: the production path (Prefect server, worker, deployment run; 6-7 min on 2 busy cores).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
@@ -8,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test bench setup clean
+.PHONY: run test test-deploy bench setup clean
 
 setup: $(STAMP)
 
@@ -25,6 +26,9 @@ run: $(STAMP) .dvc/config
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-deploy: $(STAMP)
+	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
 
 bench: $(STAMP) .dvc/config
 	$(PY) -m benchmarks.run $(ARGS)

@@ -57,3 +57,14 @@ def test_write_params_keeps_comments_and_checks_first(tmp_path):
     written = (tmp_path / "params.yaml").read_text()
     assert params.train.epochs == 7 and "epochs: 7" in written
     assert "# early stopping: epochs without a better train.monitor" in written
+
+
+def test_prefect_yaml_pull_steps_clone_then_install_into_the_clone():
+    """A fresh worker: git_clone first, then the install step in the clone's directory (tests/test_deploy.py runs them)."""
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (clone, install) = config["pull"]
+    assert clone["prefect.deployments.steps.git_clone"] == {"id": "clone-step", "repository": "{{ $TAMIS_GIT_URL }}"}
+    step = install["prefect.deployments.steps.run_shell_script"]
+    assert step["directory"] == "{{ clone-step.directory }}" and "pip install" in step["script"]
+    env = config["deployments"][0]["work_pool"]["job_variables"]["env"]
+    assert {"TAMIS_GIT_URL", "MLFLOW_TRACKING_URI", "TAMIS_DVC_REMOTE"} <= set(env)
