@@ -67,4 +67,4 @@ def test_prefect_yaml_pull_steps_clone_then_install_into_the_clone():
     step = install["prefect.deployments.steps.run_shell_script"]
     assert step["directory"] == "{{ clone-step.directory }}" and "pip install" in step["script"]
     env = config["deployments"][0]["work_pool"]["job_variables"]["env"]
-    assert {"TAMIS_GIT_URL", "MLFLOW_TRACKING_URI", "TAMIS_DVC_REMOTE"} <= set(env)
+    assert {"TAMIS_GIT_URL", "MLFLOW_TRACKING_URI"} <= set(env)

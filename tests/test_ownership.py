@@ -139,9 +139,11 @@ def test_tamis_run_stopped_by_sigterm_leaves_no_process_and_no_running_run(tmp_p
     dag["stages"]["fingerprint"]["cmd"] = "python slow.py"  # a stage that takes its time
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dag, sort_keys=False))
     params = (repo / "params.yaml").read_text()
+    # the repo's own mlflow.db: an earlier in-process test's default URI may linger in the environment
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     tamis = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", "--repo", str(repo), "--set", "train.epochs=3"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env=env,
     )
     pids = wait_for_pids(repo / "stage.pids")
     tamis.send_signal(signal.SIGTERM)

@@ -225,16 +225,22 @@ def ensure_champion(client, name: str) -> int:
     return int(champion.version)
 
 
+OPEN_GATE = [f"compress.{k}=1" for k in ("max_f1_drop", "max_ece_rise", "max_class_recall_drop", "max_batch_shift")]
+
+
 def test_a_worse_challenger_never_takes_champion_and_every_decision_is_recorded(flow_runs, mlflow_client):
-    """Replaces the workspace's student: an untrained one (near chance) is registered but never champion."""
+    """Replaces the workspace's student: an untrained one (near chance) is registered but never champion.
+
+    Its compress gate is opened (else the calibrated teacher would ship instead): the registry's gate must stop it.
+    """
     import torch
 
     from stages import compress, promote
-    from tamis.config import parse_params, read_raw
+    from tamis.config import apply_overrides, parse_params, read_raw
     from tamis.nets import load_model, save_model
 
     repo = flow_runs[0]
-    params = parse_params(read_raw(repo / "params.yaml"))
+    params = parse_params(apply_overrides(read_raw(repo / "params.yaml"), OPEN_GATE))
     champion = ensure_champion(mlflow_client, NAME)
     student, encoder, _ = load_model(repo / "models/student.pt")
     torch.manual_seed(1)
@@ -244,7 +250,8 @@ def test_a_worse_challenger_never_takes_champion_and_every_decision_is_recorded(
     save_model(repo / "models/student.pt", student, encoder, calibration=identity)
     compress.run(params, repo)
     worse = promote.run(params, repo)
-    assert worse["registered"] and not worse["champion_moved"] and worse["champion_version"] == champion
+    assert worse["registered"] and not worse["champion_moved"] and worse["champion_version"] == champion, worse
+    assert "macro-F1" in worse["reason"] and worse["challenger_macro_f1"] < worse["champion_macro_f1"]
     assert int(mlflow_client.get_model_version_by_alias(NAME, "challenger").version) == worse["version"]
     version = mlflow_client.get_model_version(NAME, str(worse["version"]))
     assert version.tags["tamis_promotion"] == "challenger" and version.tags["tamis_promotion_reason"] == worse["reason"]
@@ -258,8 +265,7 @@ def test_the_comparison_excludes_rows_either_model_trained_on(flow_runs, mlflow_
 
     repo = flow_runs[0]
     ensure_champion(mlflow_client, NAME)
-    open_gate = [f"compress.{k}=1" for k in ("max_f1_drop", "max_ece_rise", "max_class_recall_drop", "max_batch_shift")]
-    result = retrain(repo=str(repo), overrides=["seed=1", *open_gate])  # the compress gate lets any variant through
+    result = retrain(repo=str(repo), overrides=["seed=1", *OPEN_GATE])  # the compress gate lets any variant through
     promoted = result["promote"]
     assert promoted["registered"], promoted
     version = mlflow_client.get_model_version(NAME, str(promoted["version"]))
