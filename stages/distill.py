@@ -44,6 +44,10 @@ from tamis.nets import (
     seed_everything,
 )
 
+# temperature first: a distilled student is rarely calibrated as it comes (KD softens it), so within one standard
+# error temperature scaling is preferred to the identity; the identity stays a candidate
+STUDENT_CANDIDATES = ("temperature", "none") + tuple(m for m in PARAMETRIC if m not in ("temperature", "none"))
+
 
 def soft_targets(teacher: MLP, cal: dict, table: Table) -> torch.Tensor:
     """Log of the frozen teacher's calibrated probabilities on ``table`` (computed once, no grad)."""
@@ -85,11 +89,11 @@ def train_student(params: Params, encoder, train: Table, calib: Table, loss_fn: 
 
 
 def student_calibration(logits: np.ndarray, y: np.ndarray, params: Params, noise) -> tuple[dict, dict, np.ndarray]:
-    """The student's own calibrator: ``distill.calibration``, ``auto`` among the parametric methods, with the
+    """The student's own calibrator: ``distill.calibration``, ``auto`` among the parametric methods (temperature first), with the
     teacher's estimate of the calib labels' noise (``noise``, or None)."""
     c = params.calibrate
     settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, None if noise is None else np.asarray(noise))
-    return select(params.distill.calibration, PARAMETRIC, logits, y, settings)
+    return select(params.distill.calibration, STUDENT_CANDIDATES, logits, y, settings)
 
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
