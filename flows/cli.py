@@ -60,8 +60,18 @@ def _summary(result: dict, repo: Path) -> str:
             f"  macro-F1 {ev['macro_f1']:.4f}  ECE {ev['ece']:.4f}",
             f"  card      {repo / 'reports/model_card.md'}",
             f"  MLflow UI mlflow ui --backend-store-uri {uri}",
+            *_shared_line(result),
         ]
     )
+
+
+def _shared_line(result: dict) -> list[str]:
+    shared = result.get("shared_cache")
+    if not shared:
+        return []
+    restored = [s["stage"] for s in result["stages"] if s.get("restored")]
+    return [f"  DVC cache remote '{shared['remote']}': {shared['push'] or 'nothing new to push'}"
+            + (f"; restored from it: {', '.join(restored)}" if restored else "")]
 
 
 def review(args: argparse.Namespace) -> int:

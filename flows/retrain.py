@@ -59,6 +59,46 @@ def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
     return processes.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env)
 
 
+REMOTE_ENV = "TAMIS_DVC_REMOTE"  # a folder, s3://..., gs://...: where clones and workers share stage results
+SHARED_REMOTE = "tamis-shared"
+
+
+def shared_remote(repo: Path) -> str | None:
+    """The DVC remote this run shares its stages through, or None.
+
+    ``TAMIS_DVC_REMOTE`` becomes the default remote of this clone (in
+    ``.dvc/config.local``, never committed); without it, a default remote the
+    repository configures itself (``dvc remote add -d``) is used.
+    """
+    import configparser
+
+    url = os.environ.get(REMOTE_ENV, "").strip()
+    if url.startswith("{{"):  # prefect.yaml's template with the variable unset when deploying
+        url = ""
+    local = repo / ".dvc" / "config.local"
+    if url:
+        if "://" not in url:
+            url = str(Path(url).expanduser().resolve())
+        if f"url = {url}\n" not in (local.read_text() if local.exists() else ""):
+            for args in (("remote", "add", "--local", "--force", SHARED_REMOTE, url), ("remote", "default", "--local", SHARED_REMOTE)):
+                proc = dvc(repo, *args)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{REMOTE_ENV}={tracking.masked(url)}: DVC refused it as a remote: {_last_error(proc)}")
+        return SHARED_REMOTE
+    for name in ("config.local", "config"):
+        config = configparser.ConfigParser()
+        config.read(repo / ".dvc" / name)
+        if config.has_option("core", "remote"):
+            return config.get("core", "remote")
+    return None
+
+
+def push_shared(repo: Path, remote: str) -> str:
+    """After the stages: their outputs and DVC's run-cache to the shared remote. A failed push is a warning, not a failed run."""
+    proc = dvc(repo, "push", "--run-cache", "--remote", remote)
+    return "pushed" if proc.returncode == 0 else f"not pushed: {_last_error(proc)}"
+
+
 def changed_stages(repo: Path) -> set[str]:
     """Stages whose own deps, params or outs differ from dvc.lock right now."""
     proc = dvc(repo, "status", "--json")
@@ -94,8 +134,12 @@ def _not_bad_input(task, task_run, state) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input, task_run_name="{stage}")
-def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, needs_dvc: bool) -> dict[str, Any]:
-    """One DVC stage in its own MLflow child run; skipped without DVC when nothing upstream changed."""
+def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, needs_dvc: bool, pull: bool = False) -> dict[str, Any]:
+    """One DVC stage in its own MLflow child run; skipped without DVC when nothing upstream changed.
+
+    With ``pull`` (a shared remote), a stage the remote's run-cache has seen
+    with the same deps and params is restored from it instead of run.
+    """
     from mlflow import MlflowClient
 
     logger = get_run_logger()
@@ -109,7 +153,8 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
     start = time.perf_counter()
     if needs_dvc:
         try:
-            proc = dvc(root, "repro", "--single-item", stage, env={**os.environ, tracking.RUN_ENV: child})
+            proc = dvc(root, "repro", "--single-item", *(["--pull"] if pull else []), stage,
+                       env={**os.environ, tracking.RUN_ENV: child})
         except STOPPED:
             client.set_terminated(child, "KILLED")
             raise
@@ -119,14 +164,18 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
             message = said[-1].split(": ", 1)[1] if said else _last_error(proc)
             raise StageFailed(stage, message, bad_input=bool(said))
     executed = client.get_run(child).data.tags.get(tracking.EXECUTED_TAG) == "true"
+    restored = needs_dvc and "is cached - skipping run" in proc.stdout + proc.stderr  # from the run-cache
     tags = {f"dvc.dep.{path}": md5 for path, md5 in dvcfiles.lock_hashes(stage, root).items()}
     if not executed:
         tags[tracking.EXECUTED_TAG] = "false"
+    if restored:
+        tags["tamis.restored_from_run_cache"] = "true"
     log_batch(client, child, tags=tags)
     client.set_terminated(child, "FINISHED")
     seconds = time.perf_counter() - start
-    logger.info("%s: %s in %.1fs", stage, "ran" if executed else "unchanged, skipped", seconds)
-    return {"stage": stage, "executed": executed, "seconds": seconds}
+    how = "ran" if executed else "restored from the shared DVC cache" if restored else "unchanged, skipped"
+    logger.info("%s: %s in %.1fs", stage, how, seconds)
+    return {"stage": stage, "executed": executed, "restored": restored, "seconds": seconds}
 
 
 def log_batch(client, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None) -> None:
@@ -223,6 +272,7 @@ def _run_pipeline(root: Path, overrides: list[str]) -> dict[str, Any]:
     flat = tracking.flatten_params(params.model_dump(by_alias=True, mode="json"))
     log_batch(client, parent, params={key: str(value)[:6000] for key, value in flat.items()})
     stages = stage_names(root)
+    remote = shared_remote(root)
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
     try:
@@ -233,9 +283,10 @@ def _run_pipeline(root: Path, overrides: list[str]) -> dict[str, Any]:
         upstream_ran = False
         for stage in stages[1:]:
             needs = upstream_ran or stage in pending
-            result = run_stage(stage, str(root), parent, experiment_id, needs)
+            result = run_stage(stage, str(root), parent, experiment_id, needs, pull=remote is not None)
             results.append(result)
-            upstream_ran = upstream_ran or result["executed"]
+            upstream_ran = upstream_ran or result["executed"] or needs
+        shared = push_shared(root, remote) if remote and (upstream_ran or pending) else None
         promote_start = time.perf_counter()
         promoted = promote(str(root), parent)
         promote_seconds = time.perf_counter() - promote_start
@@ -255,4 +306,5 @@ def _run_pipeline(root: Path, overrides: list[str]) -> dict[str, Any]:
             client.log_artifact(parent, str(root / report))
     client.set_terminated(parent, "FINISHED")
     noise = params.data.inject_noise.model_dump() if params.data.inject_noise else None
-    return {"parent_run_id": parent, "stages": results, "promote": promoted, "evaluate": evaluation, "inject_noise": noise}
+    return {"parent_run_id": parent, "stages": results, "promote": promoted, "evaluate": evaluation, "inject_noise": noise,
+            "shared_cache": {"remote": remote, "push": shared} if remote else None}

@@ -188,11 +188,72 @@ def read_json(path: str | Path) -> Any:
     return json.loads(path.read_text())
 
 
+def restore_outputs(stage: str, root: str | Path = ".") -> list[str]:
+    """Put back, from DVC's cache, the outputs dvc.lock recorded for ``stage`` that are missing.
+
+    DVC deletes a stage's outputs before running it (they are not ``persist``,
+    so that its run-cache works); a failed stage calls this so the last good
+    outputs stay. An output the cache no longer holds stays missing. Returns
+    the paths put back.
+    """
+    from dvc.repo import Repo  # on the failure path only: DVC is a heavy import
+
+    from tamis.dvcfiles import lock_hashes
+
+    root = Path(root).resolve()
+    missing = {p: md5 for p, md5 in lock_hashes(stage, root, "outs").items() if md5 and not (root / p).exists()}
+    if not missing:
+        return []
+    with Repo(str(root)) as repo:
+        odb = repo.cache.local
+
+        def files(md5: str) -> list[tuple[str, str]] | None:
+            """(path inside the output, cache object) pairs; None when the cache lacks one."""
+            pairs = [("", odb.oid_to_path(md5))]
+            if md5.endswith(".dir"):
+                listing = Path(pairs[0][1])
+                entries = json.loads(listing.read_text()) if listing.exists() else [{"relpath": "", "md5": md5}]
+                pairs = [(e["relpath"], odb.oid_to_path(e["md5"])) for e in entries]
+            return pairs if all(os.path.exists(src) for _, src in pairs) else None
+
+        found = {path: pairs for path, md5 in missing.items() if (pairs := files(md5)) is not None}
+        with Outputs(root) as out:
+            for path, pairs in found.items():
+                folder = out.dir(path) if missing[path].endswith(".dir") else None
+                for rel, src in pairs:
+                    dest = folder / rel if folder is not None else out.path(path)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dest)
+    return sorted(found)
+
+
 def stage_main(name: str, run: Callable[..., dict]) -> None:
-    """``python -m stages.<name>``: load params.yaml, run, one clear line on bad input."""
+    """``python -m stages.<name>``: load params.yaml, run, one clear line on bad input.
+
+    Under ``dvc repro`` a failed or stopped stage puts its last good outputs
+    back (:func:`restore_outputs`), whatever the failure.
+    """
     try:
         params = load_params("params.yaml")
         run(params)
     except StageError as err:
+        _restore_under_dvc(name)
         print(f"tamis {name}: {err}", file=sys.stderr)
         sys.exit(BAD_INPUT_EXIT)
+    except BaseException:
+        _restore_under_dvc(name)
+        raise
+
+
+def _restore_under_dvc(name: str) -> None:
+    if os.environ.get("DVC_STAGE") != name:
+        return  # run by hand: DVC deleted nothing
+    try:
+        restored = restore_outputs(name, os.environ.get("DVC_ROOT", "."))
+    except Exception as err:  # the stage's own error is the one to report
+        print(f"tamis: {name} could not put the last good outputs back from DVC's cache ({err}); "
+              f"`dvc checkout {name}` does it.", file=sys.stderr)
+        return
+    if restored:
+        print(f"tamis: {name} kept its last good outputs (put back from DVC's cache: {', '.join(restored)}).",
+              file=sys.stderr)

@@ -35,3 +35,4 @@ def lock_hashes(stage: str, root: str | Path = ".", kind: str = "deps") -> dict[
         return {}
     entry = (load_yaml(lock.read_text()) or {}).get("stages", {}).get(stage, {})
     return {d["path"]: d.get("md5") or d.get("hash", "") for d in entry.get(kind, [])}
+

@@ -35,6 +35,12 @@ COMMANDS = [
 ]
 
 
+def workspace_stages(repo: Path) -> list[str]:
+    from tamis import dvcfiles
+
+    return list(dvcfiles.stages(repo))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,6 +113,7 @@ def test_a_deployment_run_on_a_worker_clones_the_repo_and_registers_a_model(tmp_
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # poll often: the test waits for the pickup
         "TAMIS_GIT_URL": bare.as_uri(),
         "MLFLOW_TRACKING_URI": tracking_uri,
+        "TAMIS_DVC_REMOTE": str(tmp_path / "dvc-remote"),  # the cache the workers share
     })
     port = api.rsplit(":", 1)[1].split("/")[0]
     server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
@@ -116,18 +123,27 @@ def test_a_deployment_run_on_a_worker_clones_the_repo_and_registers_a_model(tmp_
         prefect(env, COMMANDS[0])
         with started([PREFECT, *COMMANDS[1].split()[1:]], env, worker_log) as worker:
             prefect(env, COMMANDS[2], cwd=source)
+            outs = []
             try:
-                out = prefect(env, COMMANDS[3], "--params", json.dumps({"overrides": FAST}), "--watch-timeout", "600",
-                              timeout=660)
+                # the second run is another fresh clone: with the same params every stage comes from the shared cache
+                for _ in range(2):
+                    outs.append(prefect(env, COMMANDS[3], "--params", json.dumps({"overrides": FAST}),
+                                        "--watch-timeout", "600", timeout=660))
             except AssertionError as err:
                 raise AssertionError(f"{err}\nworker log:\n{worker_log.read_text()[-6000:]}") from None
             assert worker.poll() is None, worker_log.read_text()[-3000:]
-    assert "Flow run finished successfully in 'Completed'" in out, out[-3000:]
+    for out in outs:
+        assert "Flow run finished successfully in 'Completed'" in out, out[-3000:]
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("tamis").experiment_id
-    (parent,) = client.search_runs([experiment], "tags.`tamis.pipeline` = 'retrain'")
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["tamis.git_commit"] == head  # the run happened in the worker's clone
-    (version,) = client.search_model_versions()
+    first, second = client.search_runs([experiment], "tags.`tamis.pipeline` = 'retrain'", order_by=["start_time ASC"])
+    for parent in (first, second):
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["tamis.git_commit"] == head  # the run happened in the worker's clone
+    (version,) = client.search_model_versions()  # the second run's model is the same one: not registered again
     assert version.run_id and int(version.version) == 1
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{second.info.run_id}'")
+    restored = {c.data.tags["tamis.stage"] for c in children if c.data.tags.get("tamis.restored_from_run_cache") == "true"}
+    ran = {c.data.tags["tamis.stage"] for c in children if c.data.tags.get("tamis.executed") == "true"}
+    assert ran == set() and restored == set(workspace_stages(source)[1:])  # all but fingerprint, which only hashes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ def flow_runs(tmp_path_factory, prefect_api):
     base = tmp_path_factory.mktemp("e2e")
     repo = workspace.create(base / "repo")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
+    os.environ["TAMIS_DVC_REMOTE"] = str(base / "dvc-remote")  # the cache a second clone shares (below)
     try:
         from flows.retrain import retrain
 
@@ -47,6 +49,7 @@ def flow_runs(tmp_path_factory, prefect_api):
         yield repo, first, second, third
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.pop("TAMIS_DVC_REMOTE", None)
 
 
 @pytest.fixture
@@ -172,6 +175,39 @@ def test_nothing_changed_runs_nothing_and_registers_nothing(flow_runs):
     assert second["promote"]["version"] == first["promote"]["version"]
 
 
+def test_a_second_clone_sharing_the_dvc_remote_runs_no_stage(flow_runs, tmp_path):
+    """A fresh clone (a new worker) with the same params: every stage comes from the remote's run-cache."""
+    from flows.retrain import retrain
+
+    repo, _, _, third = flow_runs
+    clone = workspace.create(tmp_path / "clone")
+    shutil.copy(repo / "params.yaml", clone / "params.yaml")
+    result = retrain(repo=str(clone))
+    assert [s["stage"] for s in result["stages"] if s["executed"]] == []
+    assert [s["stage"] for s in result["stages"] if not s["restored"]] == ["fingerprint"]  # it only hashes the inputs
+    assert result["promote"]["registered"] is False and result["promote"]["version"] == third["promote"]["version"]
+    shipped = Path("models") / result["evaluate"]["final_model"]
+    assert (clone / shipped).read_bytes() == (repo / shipped).read_bytes()
+    assert (clone / "dvc.lock").read_text() == (repo / "dvc.lock").read_text()
+
+
+def test_a_stage_failing_under_dvc_repro_keeps_its_last_good_outputs(flow_runs):
+    """DVC deletes a stage's outputs before running it; the failed stage puts them back from the cache."""
+    repo = flow_runs[0]
+    outputs = ("models/teacher.pt", "metrics/train.json", "plots/train_curve.csv")
+    before = {p: (repo / p).read_bytes() for p in outputs}
+    params = (repo / "params.yaml").read_text()
+    set_params(repo, "train.loss=focal")  # refused when train loads its params
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", "train"], cwd=repo,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert proc.returncode != 0
+    assert "train.loss" in proc.stderr and "kept its last good outputs" in proc.stderr, proc.stderr[-2000:]
+    assert {p: (repo / p).read_bytes() for p in outputs} == before
+
+
 def test_runtime_settings_rerun_nothing(flow_runs):
     """--jobs / --threads only set parallelism: after a full run, changing them executes no stage."""
     repo = flow_runs[0]
@@ -259,26 +295,6 @@ def test_a_worse_challenger_never_takes_champion_and_every_decision_is_recorded(
     assert json.loads(Path(record).read_text())["moved"] is False
 
 
-def test_the_comparison_excludes_rows_either_model_trained_on(flow_runs, mlflow_client):
-    """A re-split (another seed) puts most of the champion's training rows into the new test split."""
-    from flows.retrain import retrain
-
-    repo = flow_runs[0]
-    ensure_champion(mlflow_client, NAME)
-    result = retrain(repo=str(repo), overrides=["seed=1", *OPEN_GATE])  # the compress gate lets any variant through
-    promoted = result["promote"]
-    assert promoted["registered"], promoted
-    version = mlflow_client.get_model_version(NAME, str(promoted["version"]))
-    record = json.loads(Path(mlflow_client.download_artifacts(version.run_id, "promotion.json")).read_text())
-    assert record["gate_passed"]
-    assert record["excluded_rows"] > record["test_rows"] // 2  # ~80% of rows were in the champion's train + calib
-    assert record["compared_rows"] + record["excluded_rows"] == record["test_rows"]
-    if record["compared_rows"] >= 50:  # promote.min_rows
-        assert record["champion"]["rows"] == record["challenger"]["rows"] == record["compared_rows"]
-    else:
-        assert not promoted["champion_moved"] and "promote.min_rows" in promoted["reason"]
-
-
 def test_drift_stops_the_flow_before_anything_downstream_and_the_champion_stays(flow_runs, mlflow_client, tmp_path):
     """After the accepted runs above, a scaled column in new data stops validate: exit 2, one sentence."""
     from tamis import paths
@@ -316,8 +332,10 @@ def test_drift_stops_the_flow_before_anything_downstream_and_the_champion_stays(
     assert stages == {"fingerprint", "ingest", "validate"}  # nothing downstream ran
 
 
-def test_review_loop_through_the_flow_records_the_fixes_it_used(flow_runs, mlflow_client, tmp_path):
-    """export -> a scripted reviewer (the truth) -> apply -> the next flow run: the one extra full pipeline run."""
+def test_a_reviewed_resplit_run_records_its_fixes_and_compares_only_unseen_rows(flow_runs, mlflow_client, tmp_path):
+    """One extra full pipeline run for two behaviours: export -> a scripted reviewer (the truth) -> apply, then the
+    next flow run with another seed, whose re-split puts most of the champion's training rows into the new test split.
+    """
     import pandas as pd
 
     from flows.cli import main
@@ -337,7 +355,8 @@ def test_review_loop_through_the_flow_records_the_fixes_it_used(flow_runs, mlflo
     filled.to_csv(tmp_path / "review.csv", index=False)
     assert main(["review", "apply", str(tmp_path / "review.csv"), "--repo", str(repo)]) == 0
 
-    run = retrain(repo=str(repo))
+    ensure_champion(mlflow_client, NAME)
+    run = retrain(repo=str(repo), overrides=["seed=1", *OPEN_GATE])  # the compress gate lets any variant through
     ran = {s["stage"] for s in run["stages"] if s["executed"]}
     assert {"ingest", "validate", "audit", "train"} <= ran
     children = mlflow_client.search_runs(
@@ -349,8 +368,19 @@ def test_review_loop_through_the_flow_records_the_fixes_it_used(flow_runs, mlflo
     audit = json.loads((repo / paths.metrics("audit")).read_text())["review"]
     assert audit["trusted_rows"] >= train.sum()
     assert audit["label_issue_precision"] == pytest.approx(hit.sum() / train.sum())
-    version = mlflow_client.get_model_version(run["promote"]["model_name"], str(run["promote"]["version"]))
+    promoted = run["promote"]
+    assert promoted["registered"], promoted
+    version = mlflow_client.get_model_version(NAME, str(promoted["version"]))
     assert version.tags["tamis_dvc_labels.csv"]  # the registered model names the fixes' DVC hash
+
+    record = json.loads(Path(mlflow_client.download_artifacts(version.run_id, "promotion.json")).read_text())
+    assert record["gate_passed"]
+    assert record["excluded_rows"] > record["test_rows"] // 2  # ~80% of rows were in the champion's train + calib
+    assert record["compared_rows"] + record["excluded_rows"] == record["test_rows"]
+    if record["compared_rows"] >= 50:  # promote.min_rows
+        assert record["champion"]["rows"] == record["challenger"]["rows"] == record["compared_rows"]
+    else:
+        assert not promoted["champion_moved"] and "promote.min_rows" in promoted["reason"]
 
 
 def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_noise(flow_runs, tmp_path):
