@@ -29,13 +29,13 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def identify(source: str, key: str, cache: dict[str, Any]) -> dict[str, Any]:
+def identify(source: str, key: str, cache: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
     """What identifies one input's content; ``cache`` maps path -> last seen stat and md5."""
     if source.startswith("sklearn:"):
         import sklearn
 
         return {"source": source, "sklearn": sklearn.__version__}
-    path = input_file(source, key).resolve()
+    path = input_file(source, key, root).resolve()
     stat = path.stat()
     seen = cache.get(str(path), {})
     if seen.get("size") == stat.st_size and seen.get("mtime_ns") == stat.st_mtime_ns:
@@ -56,9 +56,9 @@ def _write(path: Path, text: str) -> None:
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     out, stat_cache = Path(root) / paths.FINGERPRINT, Path(root) / paths.FINGERPRINT_STAT_CACHE
     cache = json.loads(stat_cache.read_text()) if stat_cache.exists() else {}
-    inputs = {"train": identify(params.data.train, "data.train", cache)}
+    inputs = {"train": identify(params.data.train, "data.train", cache, root)}
     if params.data.test:
-        inputs["test"] = identify(params.data.test, "data.test", cache)
+        inputs["test"] = identify(params.data.test, "data.test", cache, root)
     text = dumps(inputs) + "\n"
     if not out.exists() or out.read_text() != text:
         _write(out, text)

@@ -171,9 +171,9 @@ def dumps(obj: Any) -> str:
     return json.dumps(_clean(obj), indent=2, sort_keys=False)
 
 
-def input_file(source: str, key: str) -> Path:
-    """The file a path param (``data.train``) names, or one sentence saying why it is not one."""
-    path = Path(source)
+def input_file(source: str, key: str, root: str | Path = ".") -> Path:
+    """The file a path param (``data.train``, relative to the repository ``root``) names, or one sentence why not."""
+    path = Path(root) / source
     if path.is_dir():
         raise StageError(f"{key}: '{source}' is a directory; expected a .csv or .parquet file.")
     if not path.is_file():

@@ -30,9 +30,14 @@ def stage_params(stage: str, root: str | Path = ".") -> list[str]:
 
 def lock_hashes(stage: str, root: str | Path = ".", kind: str = "deps") -> dict[str, str]:
     """A stage's ``deps`` (or ``outs``) hashes as DVC recorded them in dvc.lock (path -> md5)."""
+    entry = lock_entry(stage, root)
+    return {d["path"]: d.get("md5") or d.get("hash", "") for d in entry.get(kind, [])}
+
+
+
+def lock_entry(stage: str, root: str | Path = ".") -> dict[str, Any]:
+    """What dvc.lock recorded for ``stage`` (cmd, deps, params, outs); empty when nothing was."""
     lock = Path(root) / "dvc.lock"
     if not lock.exists():
         return {}
-    entry = (load_yaml(lock.read_text()) or {}).get("stages", {}).get(stage, {})
-    return {d["path"]: d.get("md5") or d.get("hash", "") for d in entry.get(kind, [])}
-
+    return (load_yaml(lock.read_text()) or {}).get("stages", {}).get(stage, {})
