@@ -1,0 +1,49 @@
+"""benchmarks.quality's bookkeeping, without running tamis: cells are stored and resumed, a tie adds a seed."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import quality
+
+
+def fake_run(gap: float, calls: list):
+    """one_run's shape: tamis's shipped model ``gap`` macro-F1 above every peer."""
+    def one_run(name, frame, rate, seed, workdir, overrides):
+        calls.append((name, rate, seed))
+        row = lambda f1: {"accuracy": f1, "macro_f1": f1, "rarest_recall": f1, "ece": 0.05}
+        models = {m: row(0.8) for m in (*quality.PEERS, quality.CEILING)}
+        models |= {m: row(0.8 + gap) for m in quality.TAMIS.values()}
+        return {**models, "tamis_seconds": 1.0, "cell_seconds": 2.0, "flipped_share": rate}
+
+    return one_run
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "CELLS", tmp_path / "cells")
+    monkeypatch.setattr(quality, "write_result", lambda name, result: None)
+    return tmp_path
+
+
+def test_cells_are_stored_resumed_and_reported_by_table_and_noise(bench, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(quality, "one_run", fake_run(0.05, calls))
+    argv = ["--tables", "tabular-8", "--noise", "0", "0.2", "--seeds", "0", "1"]
+    result = quality.main(argv)
+    assert len(calls) == 4 and len(list((bench / "cells" / "full").glob("*.json"))) == 4
+    assert set(result["cells"]) == {"tabular-8, 0% noise", "tabular-8, 20% noise"}
+    assert result["cells"]["tabular-8, 20% noise"]["seeds"] == [0, 1]
+    quality.main(argv)
+    assert len(calls) == 4  # resumed: nothing ran again
+    quality.main([*argv, "--fresh"])
+    assert len(calls) == 8
+    assert "Held-out" not in quality.table(result) and "tabular-8 | 20% | 2 |" in quality.table(result)
+
+
+def test_a_tie_with_a_peer_adds_a_third_seed(bench, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(quality, "one_run", fake_run(0.005, calls))
+    result = quality.main(["--tables", "tabular-8", "--noise", "0.2"])
+    assert [seed for _, _, seed in calls] == [0, 1, 2]
+    assert result["cells"]["tabular-8, 20% noise"]["seeds"] == [0, 1, 2]
