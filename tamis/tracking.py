@@ -73,20 +73,22 @@ def preflight(uri: str) -> None:
 def experiment_id(name: str, root: str | Path = ".") -> str:
     """Set the tracking URI and return the experiment's id, creating it if new.
 
-    A new experiment on the default local store keeps its artifacts beside the
-    database (``mlartifacts/``), not wherever the process happened to start.
+    A new experiment on a local SQLite store (the default, or one that
+    ``MLFLOW_TRACKING_URI`` names) keeps its artifacts beside the database
+    (``mlartifacts/``), not under ``mlruns/`` wherever the process happened to
+    start; a tracking server decides for itself.
     """
     import mlflow
 
-    default = user_tracking_uri() is None
     uri = tracking_uri(root)
-    if default:
+    if user_tracking_uri() is None:
         _DEFAULTS_SET.add(uri)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = (Path(root).resolve() / "mlartifacts").as_uri() if default else None
+    db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    location = (Path(db).resolve().parent / "mlartifacts").as_uri() if db and db != ":memory:" else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 
