@@ -60,6 +60,7 @@ from tamis.nets import (
     resolve_device,
     fit_args,
     seed_everything,
+    torch_threads,
 )
 
 KNN_TYPES = ("outlier", "near_duplicate", "class_imbalance", "non_iid", "underperforming_group")
@@ -122,17 +123,19 @@ def mlp_probs(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, dev
         if epoch == min(EL2N_EPOCH, a.epochs):
             early["probs"] = logits_of(model, table).softmax(1).cpu().numpy()
 
-    model, table = _fit_mlp(rows, fit_idx, a, seed, device, snapshot)
-    return logits_of(model, table).softmax(1).cpu().numpy(), early["probs"]
+    with torch_threads(1):  # one thread per fit: the same bits in a local process or on any Dask worker
+        model, table = _fit_mlp(rows, fit_idx, a, seed, device, snapshot)
+        return logits_of(model, table).softmax(1).cpu().numpy(), early["probs"]
 
 
 def mlp_embedding(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, device: str) -> np.ndarray:
     """Penultimate-layer features of every row from an MLP fit on ``fit_idx``."""
     import torch
 
-    model, table = _fit_mlp(rows, fit_idx, a, seed, device)
+    with torch_threads(1):
+        model, table = _fit_mlp(rows, fit_idx, a, seed, device)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(1):
         parts = [model.features(table.num[i : i + 8192], table.cat[i : i + 8192]) for i in range(0, len(table), 8192)]
     return torch.cat(parts).cpu().numpy()
 
@@ -184,8 +187,11 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: boo
             keys.append(("hgb", k))
     if embed:  # one more MLP, on every train row: one embedding space for all rows
         jobs.append(delayed(mlp_embedding)(encoded, train_idx, a, params.seed, str(device)))
-    n_jobs = 1 if device.type == "cuda" else min(len(jobs), runtime.jobs())
-    results = Parallel(n_jobs=n_jobs, verbose=5 if sys.stderr.isatty() else 0)(jobs)
+    if device.type == "cuda":  # the fits share this machine's GPU, one after the other
+        results = Parallel(n_jobs=1)(jobs)
+    else:
+        with runtime.parallel(min(len(jobs), runtime.jobs())) as n_jobs:  # local processes, or a Dask cluster
+            results = Parallel(n_jobs=n_jobs, verbose=5 if sys.stderr.isatty() else 0)(jobs)
 
     n = len(rows)
     probs = np.zeros((n, n_classes))

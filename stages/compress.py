@@ -54,13 +54,12 @@ from tamis.compression import (
     prune,
     quantize,
     smooth_scales,
-    torch_threads,
 )
 from tamis.config import CompressParams, Params
 from tamis.contract import Outputs, StageError, read_json, stage_main
 from tamis.data import calibration_rows, read_split
 from tamis.metrics import ECE_BINS, classification, noise_corrected_ece
-from tamis.nets import MLP, Table, load_model, logits_of, param_count, resolve_device, seed_everything
+from tamis.nets import MLP, Table, load_model, logits_of, param_count, resolve_device, seed_everything, torch_threads
 from tamis.serving import Predictor
 
 

@@ -288,13 +288,3 @@ def pick_shipped(variants: dict[str, dict[str, Any]]) -> tuple[str, bool]:
         return min(passing, key=lambda n: variants[n]["size_bytes"]), True
     best = min(variants, key=lambda n: (-variants[n]["calib"]["macro_f1"], variants[n]["calib"]["ece"], variants[n]["size_bytes"]))
     return best, False
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

@@ -325,3 +325,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ML
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Torch's CPU threads set to ``n`` for a block (timings, and fits that must give the same bits everywhere)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
