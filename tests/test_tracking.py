@@ -13,6 +13,7 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database_not_in_the_worki
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
     from mlflow import MlflowClient
 
-    experiment = MlflowClient().get_experiment(tracking.experiment_id("tamis", tmp_path / "repo"))
+    experiment_id = tracking.experiment_id("tamis", tmp_path / "repo")
+    experiment = MlflowClient(f"sqlite:///{store / 'mlflow.db'}").get_experiment(experiment_id)
     assert experiment.artifact_location == (store / "mlartifacts").as_uri()
     assert not (elsewhere / "mlruns").exists()
