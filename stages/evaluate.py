@@ -104,11 +104,18 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
         "\n".join(f"| {c} | {m['share']:.1%} | {m['filled_with']} |" for c, m in filled.items())
         if filled else "| (none) | 0% | |"
     )
+    dropped = metrics.get("rare_classes_dropped") or {}
+    dropped_txt = (
+        "\nClasses too rare to learn and check (fewer training rows than `audit.folds`, or no calibration row) were "
+        "left out, so the model never predicts them: "
+        + ", ".join(f"{c} ({sum(n.values())} row(s), {n['test']} of them test rows)" for c, n in dropped.items()) + ".\n"
+        if dropped else ""
+    )
     return f"""# Model card
 
 Shipped model: `{metrics['final_model']}` ({shipped_why(metrics)}), evaluated on
 {metrics['test_rows']} test rows that no stage trained or calibrated on.
-
+{dropped_txt}
 | model | accuracy | macro-F1 | ECE (15 bins) | size (bytes) |
 |---|---|---|---|---|
 {rows}
@@ -166,6 +173,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "classes": [str(c) for c in encoder.classes],
         "by_model": by_model,
         "missing_values": missing_values(read_split(root / paths.VALIDATED, "train"), encoder),
+        "rare_classes_dropped": read_json(root / paths.RAW / "meta.json").get("rare_classes_dropped") or {},
     }
     issues = pd.read_parquet(root / paths.ISSUES)
     audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))

@@ -26,7 +26,7 @@ import pandas as pd
 from tamis import paths, review, tracking
 from tamis.config import DataParams, NoiseParams, Params
 from tamis.contract import Outputs, StageError, dumps, stage_main
-from tamis.data import ROW_ID, fold_labels, label_key, label_spellings, load_source, looks_like_id, split_frame
+from tamis.data import ROW_ID, fold_labels, label_key, label_spellings, load_source, looks_like_id, shown, split_frame
 
 
 def _load(source: str, label: str, key: str) -> pd.DataFrame:
@@ -123,6 +123,19 @@ def inject_noise(train: pd.DataFrame, label: str, noise: NoiseParams) -> tuple[p
     return out, truth
 
 
+def rare_classes(train: pd.DataFrame, calib: pd.DataFrame, test: pd.DataFrame, label: str, folds: int) -> dict[Any, dict[str, int]]:
+    """Classes the audit cannot cross-validate (fewer than ``folds`` training rows) or calibrate (no calib row),
+    with their rows per split; kept only if at least two classes would remain."""
+    counts = {name: part[label].dropna().map(label_key).value_counts() for name, part in
+              (("train", train), ("calib", calib), ("test", test))}
+    first = {label_key(v): v for v in pd.concat([train[label], calib[label], test[label]]).dropna()}
+    rare = {key: {name: int(c.get(key, 0)) for name, c in counts.items()} for key in counts["train"].index.union(counts["calib"].index)
+            if counts["train"].get(key, 0) < folds or counts["calib"].get(key, 0) < 1}
+    if len(first) - len(rare) < 2:
+        return {}  # nothing learnable would be left: validate says why
+    return {first[key]: n for key, n in rare.items()}
+
+
 def apply_fixes(parts: dict[str, pd.DataFrame], label: str, fixes: pd.DataFrame):
     """(train, calib, test, counts): the reviewed labels applied to every split, dropped rows removed."""
     counts = {"relabelled": 0, "dropped": 0, "matched": 0}
@@ -157,6 +170,15 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     injected = int(truth["flipped"].sum())
     fixes = review.read_fixes(root)
     train, calib, test, fixed = apply_fixes({"train": train, "calib": calib, "test": test}, d.label, fixes)
+    rare = rare_classes(train, calib, test, d.label, params.audit.folds) if d.rare_classes == "drop" else {}
+    if rare:
+        keep = lambda part: part[~part[d.label].map(label_key).isin({label_key(c) for c in rare})]  # noqa: E731
+        train, calib, test = keep(train), keep(calib), keep(test)
+        truth = truth[truth[ROW_ID].isin(train[ROW_ID])]
+        listed = ", ".join(f"{shown(c)} ({sum(n.values())} row(s))" for c, n in rare.items())
+        print(f"tamis ingest: warning: {len(rare)} class(es) too rare to learn and check, their rows left out: {listed}; "
+              f"a class needs audit.folds={params.audit.folds} training rows and a calibration row "
+              "(data.rare_classes=refuse stops instead).", file=sys.stderr)
     if not truth.empty:  # the labels the pipeline is given now: fixes set some, dropped rows are gone
         given = train.set_index(ROW_ID)[d.label]
         truth = truth[truth[ROW_ID].isin(given.index)].copy()
@@ -167,6 +189,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "rows": {"train": len(train), "calib": len(calib), "test": len(test)},
         "injected_noise": None if d.inject_noise is None else injected,
         "label_fixes": {"fixes": len(fixes), "md5": review.fixes_digest(root), **fixed},
+        "rare_classes_dropped": {shown(c): n for c, n in rare.items()},
     }
     import mlflow
 

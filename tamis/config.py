@@ -49,6 +49,9 @@ class DataParams(Section):
     label: str = "label"
     normalize_labels: bool = False
     """Fold labels that differ only by case or surrounding spaces into their most frequent spelling."""
+    rare_classes: Literal["drop", "refuse"] = "drop"
+    """A class with fewer training rows than audit.folds, or no calibration row, cannot be learned and checked:
+    drop its rows (said in a warning, ingest's metrics and the model card), or refuse the table."""
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     calib_size: float = Field(0.15, gt=0.0, lt=1.0)
     numeric: list[str] | None = None

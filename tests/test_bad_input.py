@@ -90,6 +90,8 @@ def write_input(case: str, tmp_path: Path) -> list[str]:
         test.loc[4, "label"] = "c9"
         test.to_csv(tmp_path / "test.csv", index=False)
         return [f"data.train={bad}", f"data.test={tmp_path / 'test.csv'}"]
+    if case in ("tiny_class", "int_tiny_class"):  # dropped with a warning unless asked to refuse (below)
+        return [f"data.train={bad}", "data.rare_classes=refuse"]
     return [f"data.train={bad}"]
 
 
@@ -182,3 +184,25 @@ def test_a_semicolon_separated_file_is_read_with_its_separator(good_workspace, t
     assert code == 0, err
     assert "is ';'-separated; read it so" in err
     assert list(pd.read_parquet(repo / "data/raw/train.parquet").columns) == ["row_id", "x1", "x2", "color", "label"]
+
+
+def test_a_class_too_rare_to_learn_is_dropped_with_a_warning_by_default(good_workspace, tmp_path, monkeypatch, capsys):
+    """3 rows of class 6 in 300 (fewer training rows than audit.folds): its rows go, the other classes go on."""
+    import json
+
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    (bad,) = write_input("int_tiny_class", tmp_path)[:1]
+    set_params(repo, bad)
+    code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
+    assert code == 0, err
+    warned = [ln for ln in err.splitlines() if "too rare" in ln]
+    assert len(warned) == 1 and re.search(r"1 class\(es\) too rare to learn and check, their rows left out: 6 \(3 row\(s\)\); "
+                                          r"a class needs audit\.folds=5 training rows and a calibration row", warned[0]), err
+    meta = json.loads((repo / "data/raw/meta.json").read_text())
+    assert sum(meta["rare_classes_dropped"]["6"].values()) == 3
+    assert sum(meta["rows"].values()) == 297
+    code, err = stage_cli(repo, "validate", monkeypatch, capsys)
+    assert code == 0, err
+    labels = pd.concat(pd.read_parquet(repo / f"data/validated/{s}.parquet")["label"] for s in ("train", "calib", "test"))
+    assert sorted(labels.unique()) == [0, 1, 2]

@@ -389,7 +389,9 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     from conftest import mixed_table
 
     repo = flow_runs[0]
-    mixed_table(400, seed=1).to_csv(tmp_path / "my.csv", index=False)
+    table = mixed_table(400, seed=1)
+    table.loc[table.index[:3], "label"] = "c_rare"  # too few rows to learn: dropped with a note, not refused
+    table.to_csv(tmp_path / "my.csv", index=False)
     mixed_table(120, seed=2).to_csv(tmp_path / "my_test.csv", index=False)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}"}
     cmd = [sys.executable, "-m", "flows.cli", "run", "--repo", str(repo),
@@ -399,6 +401,8 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "registered 'tamis-my-label' v1" in proc.stdout, proc.stdout[-2000:]
     assert "no noise injected" in proc.stdout
+    card = (repo / "reports/model_card.md").read_text()
+    assert "Classes too rare to learn and check" in card and "'c_rare' (3 row(s)" in card, card[:1500]
     assert not (yaml.safe_load((repo / "params.yaml").read_text())["data"]["inject_noise"])
     truth = __import__("pandas").read_parquet(repo / "data/truth/labels.parquet")
     assert truth.empty or not truth["flipped"].any()
