@@ -194,18 +194,40 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: boo
             results = Parallel(n_jobs=n_jobs, verbose=5 if sys.stderr.isatty() else 0)(jobs)
 
     n = len(rows)
-    probs = np.zeros((n, n_classes))
+    by_kind = {kind: np.zeros((n, n_classes)) for kind in kinds}
     el2n_sum, el2n_count = np.zeros(n), np.zeros(n)
     onehot = np.eye(n_classes)[y]
-    for (_, k), (fold_probs, early) in zip(keys, results):
+    for (kind, k), (fold_probs, early) in zip(keys, results):
         held, fitted = train_idx[folds[k][1]], np.zeros(n, dtype=bool)
         fitted[train_idx[folds[k][0]]] = True
-        probs[held] += fold_probs[held] / len(kinds)
-        probs[~is_train] += fold_probs[~is_train] / (len(kinds) * a.folds)
+        by_kind[kind][held] += fold_probs[held]
+        by_kind[kind][~is_train] += fold_probs[~is_train] / a.folds
         counts = fitted | ~is_train  # train rows: the folds that fit them; others: every fold
         el2n_sum[counts] += np.linalg.norm(early - onehot, axis=1)[counts]
         el2n_count[counts] += 1
-    return {"probs": probs, "y": y, "el2n": el2n_sum / el2n_count, "embedding": results[-1] if embed else None}
+    weights = mixture_weights(by_kind, y, train_idx)
+    probs = sum(w * by_kind[kind] for kind, w in weights.items())
+    return {"probs": probs, "y": y, "el2n": el2n_sum / el2n_count, "embedding": results[-1] if embed else None,
+            "weights": weights}
+
+
+WEIGHT_GRID = np.linspace(0.0, 1.0, 11)  # the MLP's share in the mixture of the two families
+
+
+def mixture_weights(by_kind: dict[str, np.ndarray], y: np.ndarray, train_idx: np.ndarray) -> dict[str, float]:
+    """Each model family's weight in the audit's probabilities: the mix with the best out-of-fold log-loss.
+
+    A plain average lets the weaker family drag the stronger one down (an MLP on a small table, trees on
+    images); the train rows' probabilities are all out of fold, so the loss ranks the mixes fairly.
+    """
+    if len(by_kind) == 1:
+        return {kind: 1.0 for kind in by_kind}
+    mlp, hgb = by_kind["mlp"][train_idx], by_kind["hgb"][train_idx]
+    rows = np.arange(len(train_idx))
+    loss = [-np.log(np.clip(w * mlp[rows, y[train_idx]] + (1 - w) * hgb[rows, y[train_idx]], 1e-12, None)).mean()
+            for w in WEIGHT_GRID]
+    w = float(WEIGHT_GRID[int(np.argmin(loss))])
+    return {"mlp": w, "hgb": 1.0 - w}
 
 
 # ---- the checks ----
@@ -374,6 +396,7 @@ def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.D
         issues[f"prob_{i}"] = probs[:, i]
     train = split == "train"
     extra["noise"] = noise_estimates(y[train], probs[train], schema.classes)
+    extra["model_weights"] = oos["weights"]  # how much of each family's out-of-fold probabilities the audit used
     return issues, extra
 
 

@@ -157,3 +157,16 @@ def test_issues_metrics_are_json(planted):
     audit.run(parse_params({"audit": {**FAST_AUDIT, "models": "hgb", "issue_types": ["label", "null"]}}), planted)
     metrics = json.loads((planted / paths.metrics("audit")).read_text())
     assert metrics["models"] == "hgb" and metrics["issues"]["null"] == {"train": 0, "calib": 0, "test": 0}
+
+
+def test_the_family_that_fits_out_of_fold_better_gets_the_weight():
+    """A plain average let a weak family drag a strong one down; the mix is chosen by out-of-fold log-loss."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    good = np.full((300, 3), 0.05)
+    good[np.arange(300), y] = 0.9
+    weak = rng.dirichlet(np.ones(3), 300)
+    train_idx = np.arange(300)
+    assert audit.mixture_weights({"mlp": weak, "hgb": good}, y, train_idx) == {"mlp": 0.0, "hgb": 1.0}
+    assert audit.mixture_weights({"mlp": good, "hgb": weak}, y, train_idx) == {"mlp": 1.0, "hgb": 0.0}
+    assert audit.mixture_weights({"hgb": weak}, y, train_idx) == {"hgb": 1.0}
