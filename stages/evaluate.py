@@ -104,6 +104,10 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
         "\n".join(f"| {c} | {m['share']:.1%} | {m['filled_with']} |" for c, m in filled.items())
         if filled else "| (none) | 0% | |"
     )
+    left_out = metrics.get("columns_left_out") or {}
+    if left_out:
+        filled_txt += "\n\nLeft out of the features, missing in more than `validate.max_null_fraction` of the training rows: " + \
+            ", ".join(f"{c} ({share:.0%} missing)" for c, share in left_out.items()) + "."
     dropped = metrics.get("rare_classes_dropped") or {}
     dropped_txt = (
         "\nClasses too rare to learn and check (fewer training rows than `audit.folds`, or no calibration row) were "
@@ -174,6 +178,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "by_model": by_model,
         "missing_values": missing_values(read_split(root / paths.VALIDATED, "train"), encoder),
         "rare_classes_dropped": read_json(root / paths.RAW / "meta.json").get("rare_classes_dropped") or {},
+        "columns_left_out": read_json(root / paths.metrics("validate")).get("columns_left_out") or {},
     }
     issues = pd.read_parquet(root / paths.ISSUES)
     audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))

@@ -189,7 +189,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "rows": {"train": len(train), "calib": len(calib), "test": len(test)},
         "injected_noise": None if d.inject_noise is None else injected,
         "label_fixes": {"fixes": len(fixes), "md5": review.fixes_digest(root), **fixed},
-        "rare_classes_dropped": {shown(c): n for c, n in rare.items()},
+        "rare_classes_dropped": {label_key(c): n for c, n in rare.items()},
     }
     import mlflow
 

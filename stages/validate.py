@@ -37,6 +37,18 @@ from tamis.data import ROW_ID, SPLITS, Schema, feature_columns, read_split, show
 NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 
 
+def mostly_missing(train: pd.DataFrame, params: Params) -> dict[str, float]:
+    """Feature columns (not listed by the user) missing in more than ``validate.max_null_fraction`` of the
+    training rows, with their share, when ``validate.mostly_missing`` is drop; the check refuses them otherwise."""
+    d = params.data
+    v = params.validate_
+    if v.mostly_missing != "drop" or train.empty:
+        return {}
+    listed = set(d.numeric or []) | set(d.categorical or [])
+    shares = train[[c for c in feature_columns(train, d.label) if c not in listed]].isna().mean()
+    return {str(c): float(share) for c, share in shares.items() if share > v.max_null_fraction}
+
+
 def infer_schema(train: pd.DataFrame, params: Params) -> Schema:
     """Numeric or categorical per column: explicit params first, then the values.
 
@@ -283,8 +295,14 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     frames = {s: read_split(root / paths.RAW, s) for s in SPLITS}
     sources = {"train": meta["source"]["train"], "calib": meta["source"]["train"]}
     sources["test"] = meta["source"]["test"] or meta["source"]["train"]
+    left_out = mostly_missing(frames["train"], params)
+    if left_out:
+        print(f"tamis validate: warning: column(s) {', '.join(f'{c!r} ({share:.0%} missing)' for c, share in left_out.items())}"
+              f" missing in more than validate.max_null_fraction={params.validate_.max_null_fraction:g} of the training rows:"
+              " left out of the features (validate.mostly_missing=refuse stops instead).", file=sys.stderr)
+    frames = {s: f.drop(columns=[c for c in left_out if c in f.columns]) for s, f in frames.items()}
     schema = infer_schema(frames["train"], params)
-    report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}}
+    report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}, "columns_left_out": left_out}
     failures: list[str] = []
     with tracking.stage_run("validate", params, root):
         import mlflow
@@ -304,6 +322,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "numeric_columns": len(schema.numeric),
             "categorical_columns": len(schema.categorical),
             "failures": len(failures),
+            "columns_left_out": left_out,
         }
         if failures:
             mlflow.log_dict(report, "validation.json")

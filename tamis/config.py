@@ -103,6 +103,9 @@ class ValidateParams(Section):
     max_null_fraction: float = Field(0.5, ge=0.0, lt=1.0)
     """Largest share of missing values allowed in a feature column (the rest are filled: numbers with the
     training median, categories with a learned "missing or unseen" code; the model card lists them)."""
+    mostly_missing: Literal["drop", "refuse"] = "drop"
+    """A feature column missing in more than max_null_fraction of the training rows (not listed in data.numeric /
+    data.categorical): leave it out of the features with a warning, or refuse the table."""
     drift: DriftParams = DriftParams()
 
 

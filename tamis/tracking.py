@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,12 +165,17 @@ def flatten_params(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def metric_key(key: str) -> str:
+    """``key`` as MLflow accepts a metric name: column and class names (quotes, unicode, ``?``) carry any character."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)[:250]
+
+
 def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
     import mlflow
 
     flat = flatten(metrics)
     if flat:
-        mlflow.log_metrics({f"{prefix}{k}": v for k, v in flat.items()})
+        mlflow.log_metrics({metric_key(f"{prefix}{k}"): v for k, v in flat.items()})
 
 
 def log_dataset(frame: Any, name: str, source: str, context: str) -> str:

@@ -43,10 +43,28 @@ def test_a_few_missing_values_pass_validate_and_are_filled_the_same_way_everywhe
     assert said["x1"]["filled_with"].startswith("training median") and "missing" in said["color"]["filled_with"]
 
 
-def test_a_column_mostly_missing_is_refused_naming_it(tmp_path):
+def test_a_column_mostly_missing_is_left_out_with_a_warning_by_default(tmp_path):
+    """An all-empty column, or Titanic's cabin (77% missing): the peers train on such tables, so tamis does too."""
+    import json
+
+    repo = workspace.create(tmp_path / "repo")
+    frame = mixed_table(300)
+    frame["notes"] = np.nan
+    frame.to_csv(tmp_path / "holes.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'holes.csv'}", "data.inject_noise=null")
+    assert run_stage(repo, "ingest").returncode == 0
+    proc = run_stage(repo, "validate")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "column(s) 'notes' (100% missing) missing in more than validate.max_null_fraction=0.5" in proc.stderr
+    schema = json.loads((repo / "data/validated/schema.json").read_text())
+    assert "notes" not in schema["numeric"] + schema["categorical"] and {"x1", "x2", "color"} <= set(schema["numeric"] + schema["categorical"])
+    assert json.loads((repo / "metrics/validate.json").read_text())["columns_left_out"] == {"notes": 1.0}
+
+
+def test_a_column_mostly_missing_is_refused_naming_it_when_asked(tmp_path):
     repo = workspace.create(tmp_path / "repo")
     holey(mixed_table(300), 0.7).to_csv(tmp_path / "holes.csv", index=False)
-    set_params(repo, f"data.train={tmp_path / 'holes.csv'}", "data.inject_noise=null")
+    set_params(repo, f"data.train={tmp_path / 'holes.csv'}", "data.inject_noise=null", "validate.mostly_missing=refuse")
     assert run_stage(repo, "ingest").returncode == 0
     proc = run_stage(repo, "validate")
     assert proc.returncode == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,8 +179,7 @@ def test_a_second_clone_sharing_the_dvc_remote_runs_no_stage(flow_runs, tmp_path
     from flows.retrain import retrain
 
     repo, _, _, third = flow_runs
-    clone = workspace.create(tmp_path / "clone")
-    shutil.copy(repo / "params.yaml", clone / "params.yaml")
+    clone = workspace.create(tmp_path / "clone", source=repo)  # the same code and params.yaml
     result = retrain(repo=str(clone))
     assert [s["stage"] for s in result["stages"] if s["executed"]] == []
     assert [s["stage"] for s in result["stages"] if not s["restored"]] == ["fingerprint"]  # it only hashes the inputs
@@ -287,7 +285,12 @@ def test_a_worse_challenger_never_takes_champion_and_every_decision_is_recorded(
     compress.run(params, repo)
     worse = promote.run(params, repo)
     assert worse["registered"] and not worse["champion_moved"] and worse["champion_version"] == champion, worse
-    assert "macro-F1" in worse["reason"] and worse["challenger_macro_f1"] < worse["champion_macro_f1"]
+    # compress fine-tunes the pruned variant from the teacher, so the shipped one is bad but not always worse
+    # overall: the gate stops it on macro-F1, or on a class whose recall it lost
+    if "macro-F1" in worse["reason"]:
+        assert worse["challenger_macro_f1"] < worse["champion_macro_f1"]
+    else:
+        assert re.match(r"recall of class '\w+' drops from [\d.]+ to [\d.]+ \(more than promote\.max_class_recall_drop", worse["reason"]), worse
     assert int(mlflow_client.get_model_version_by_alias(NAME, "challenger").version) == worse["version"]
     version = mlflow_client.get_model_version(NAME, str(worse["version"]))
     assert version.tags["tamis_promotion"] == "challenger" and version.tags["tamis_promotion_reason"] == worse["reason"]
@@ -402,7 +405,7 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     assert "registered 'tamis-my-label' v1" in proc.stdout, proc.stdout[-2000:]
     assert "no noise injected" in proc.stdout
     card = (repo / "reports/model_card.md").read_text()
-    assert "Classes too rare to learn and check" in card and "'c_rare' (3 row(s)" in card, card[:1500]
+    assert "Classes too rare to learn and check" in card and "c_rare (3 row(s)" in card, card[:1500]
     assert not (yaml.safe_load((repo / "params.yaml").read_text())["data"]["inject_noise"])
     truth = __import__("pandas").read_parquet(repo / "data/truth/labels.parquet")
     assert truth.empty or not truth["flipped"].any()
