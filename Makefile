@@ -1,6 +1,6 @@
 # `make run`: set up and run the whole pipeline on the default dataset.
 # `make test`: set up and run the tests. Both create .venv when it is missing.
-# `make test-deploy`: the production path (Prefect server, worker, deployment run; 6-7 min on 2 busy cores).
+# `make test-deploy`: the production path (Prefect server, worker, deployment run; ~3.5 min on 2 cores).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
