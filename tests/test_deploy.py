@@ -1,7 +1,7 @@
 """The production path for real: a Prefect server, the tamis-gpu process pool
 and a worker, ``prefect deploy`` from prefect.yaml, and a deployment run whose
 pull steps clone a git repository on the worker, then a model in the MLflow
-registry. The commands are the README's (`make test-deploy`, 6-7 min on 2 busy cores)."""
+registry. The commands are the README's (`make test-deploy`, ~3.5 min on 2 cores)."""
 
 from __future__ import annotations
 
