@@ -62,10 +62,10 @@ from tamis.nets import (
     seed_everything,
     torch_threads,
 )
+from tamis.trees import categorical_mask, hgb_inputs
 
 KNN_TYPES = ("outlier", "near_duplicate", "class_imbalance", "non_iid", "underperforming_group")
 EXACT_KNN_ROWS = 20_000
-HGB_MAX_CATEGORIES = 255  # HistGradientBoosting's native categorical support stops here
 EL2N_EPOCH = 3  # EL2N: the error L2 norm of the predictions after this many epochs (Paul et al. score early)
 
 
@@ -171,9 +171,9 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: boo
     num, cat = encoder.transform(rows)
     y = encoder.labels(rows[schema.label], "validated labels")
     n_classes = len(schema.classes)
-    X = np.hstack([num, cat]).astype(np.float32)
+    X = hgb_inputs(num, cat)
     encoded = Encoded(num, cat, encoder.cardinalities, y, n_classes)
-    categorical = [False] * num.shape[1] + [k <= HGB_MAX_CATEGORIES for k in encoder.cardinalities]
+    categorical = categorical_mask(num.shape[1], encoder.cardinalities)
     folds = list(StratifiedKFold(a.folds, shuffle=True, random_state=params.seed).split(train_idx, y[train_idx]))
     kinds = ["mlp", "hgb"] if a.models == "both" else [a.models]
 

@@ -140,7 +140,8 @@ def calib_report(probs: np.ndarray, y: np.ndarray, noise: np.ndarray | None) -> 
 def export_files(cand: Candidate, folder: Path, rows: Rows, serving: dict, params: Params) -> tuple[dict[str, Path], float]:
     """(files, parity): ``<name>.fp32.onnx`` (checked against torch within ``PARITY_ATOL``) and one file per int8 kind."""
     c = params.compress
-    wrapped = Exported(cand.model, cand.calibration, smooth_scales(cand.model, rows.quant_num, c.smooth_alpha)).eval()
+    smooth = smooth_scales(cand.model, rows.quant_num, c.smooth_alpha) if cand.quantize else np.ones(rows.num.shape[1])
+    wrapped = Exported(cand.model, cand.calibration, smooth).eval()
     with torch.no_grad():
         ref = wrapped(torch.as_tensor(rows.num), torch.as_tensor(rows.cat))[1].numpy()
     files = {"fp32": folder / f"{cand.name}.fp32.onnx"}

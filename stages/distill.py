@@ -101,10 +101,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     kd = params.distill
     device = resolve_device(params.device)
     teacher, encoder, _ = load_model(root / paths.TEACHER, device)
-    if sum(kd.hidden) >= sum(teacher.arch["hidden"]):
-        raise StageError(
-            f"distill.hidden {kd.hidden} is not smaller than the teacher's train.hidden {teacher.arch['hidden']}."
-        )
+    if sum(kd.hidden) >= sum(params.train.hidden):
+        raise StageError(f"distill.hidden {kd.hidden} is not smaller than the teacher's train.hidden {params.train.hidden}.")
     teacher_cal = read_json(root / paths.CALIBRATION)
     train = read_split(root / paths.RESAMPLED, "train")
     calib = read_calib(root)

@@ -15,6 +15,8 @@ checkpoint, so calibrate, distill and evaluate all see the same logits.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from tamis import paths, tracking
+from tamis.calibration import Settings, label_nll, noise_matrix, out_of_fold
 from tamis.config import Params, TrainParams
 from tamis.contract import Outputs, read_json, stage_main
-from tamis.data import Encoder, Schema, read_calib, read_split
+from tamis.data import Encoder, Schema, audit_probs, calibration_rows, read_calib, read_split
 from tamis.losses import (
     cross_entropy,
     elr_loss,
@@ -34,7 +38,7 @@ from tamis.losses import (
     running_average,
     symmetric_cross_entropy,
 )
-from tamis.metrics import ECE_BINS, classification
+from tamis.metrics import ECE_BINS, classification, macro_f1
 from tamis.nets import (
     MLP,
     LossFn,
@@ -48,6 +52,7 @@ from tamis.nets import (
     fit_args,
     seed_everything,
 )
+from tamis.trees import Blend, Forest, categorical_mask, fit_hgb, hgb_inputs, staged_scores
 
 
 
@@ -89,6 +94,89 @@ def training_priors(table: Table, n_classes: int, sampler: TemperatureSampler | 
     return class_priors(weighted)
 
 
+def fit_mlp(params: Params, train_t: Table, calib_t: Table, encoder: Encoder, device: torch.device) -> tuple[MLP, Any, np.ndarray]:
+    """(the MLP, its fit history, the class mix its loss saw) on the rebalanced training rows."""
+    t = params.train
+    n_classes = len(encoder.classes)
+    embedding_dim = t.embedding_dim if t.categorical == "embedding" else 0
+    model = MLP(len(encoder.numeric), encoder.cardinalities, n_classes, t.hidden, t.dropout, embedding_dim).to(device)
+    loss_fn, refresh = make_loss(t, model, train_t)
+    sampler = None
+    if params.resample.method == "temperature":
+        start, end = params.resample.temperature_start, params.resample.temperature_end
+        sampler = TemperatureSampler(train_t.y.cpu().numpy(), n_classes, start, end, t.epochs)
+    result = fit(
+        model,
+        train_t,
+        loss_fn,
+        **fit_args(t),
+        seed=params.seed,
+        val=calib_t,
+        patience=t.patience,
+        progress="train",
+        monitor=t.monitor,
+        warmup=t.warmup,
+        grad_clip=t.grad_clip,
+        mixup=t.mixup,
+        sampler=sampler,
+        on_epoch=refresh,
+    )
+    return model, result, training_priors(train_t, n_classes, sampler, result.best_epoch)
+
+
+def fit_trees(params: Params, train_t: Table, calib_t: Table, encoder: Encoder) -> tuple[Forest, dict[str, Any], np.ndarray]:
+    """(the tree teacher, what its fit measured, the class mix it saw): boosted on the training rows with their
+    weights, and cut at the iteration that scores best on the calib split by ``train.monitor``, as the MLP's epoch."""
+    t = params.train
+    n_classes = len(encoder.classes)
+    x = hgb_inputs(train_t.num.cpu().numpy(), train_t.cat.cpu().numpy())
+    y, w = train_t.y.cpu().numpy(), train_t.weight.cpu().numpy()
+    mask = categorical_mask(len(encoder.numeric), encoder.cardinalities)
+    start = time.perf_counter()
+    model = fit_hgb(x, y, w, mask, n_classes, t.hgb_max_iter, t.hgb_learning_rate, t.hgb_max_leaf_nodes, params.seed)
+    seconds = time.perf_counter() - start
+    y_calib = calib_t.y.cpu().numpy()
+    staged = staged_scores(model, hgb_inputs(calib_t.num.cpu().numpy(), calib_t.cat.cpu().numpy()), y_calib, n_classes)
+    key = (lambda r: (-r["macro_f1"], r["nll"])) if t.monitor == "macro_f1" else (lambda r: r["nll"])
+    best = min(range(len(staged)), key=lambda i: key(staged[i]))
+    forest = Forest.from_sklearn(model, best + 1)
+    info = {"iterations_fitted": len(staged), "best_iteration": best + 1, "fit_seconds": seconds,
+            "trees": forest.arch["trees"], "nodes": forest.arch["nodes"], "depth": forest.arch["depth"],
+            "calib_at_best": staged[best]}
+    return forest, info, class_priors(np.bincount(y, weights=w, minlength=n_classes))
+
+
+BLEND_GRID = (1.0, 0.75, 0.5, 0.25, 0.0)  # the MLP's share of the blend; 1: the MLP alone, 0: the trees alone
+
+
+def choose_teacher(params: Params, root: Path, teachers: dict[str, nn.Module], encoder: Encoder) -> tuple[nn.Module, dict[str, Any]]:
+    """The MLP, the trees, or a blend: the lowest cross-validated likelihood after a temperature fit on the calib rows
+    calibrate fits on, forward-corrected through their noise matrix (``calibrate.noise_aware``), so a teacher is
+    not chosen for fitting the calib labels' own flips. Temperature first: calibrate fixes confidence, not ranking."""
+    if len(teachers) == 1:
+        (name, model), = teachers.items()
+        return model, {"kind": name}
+    cp = params.calibrate
+    calib = calibration_rows(root, cp.calib_rows)
+    y = encoder.labels(calib[params.data.label], "calib split")
+    rows = Table.of(*encoder.transform(calib), y)
+    noise = None
+    if cp.noise_aware:
+        noise = noise_matrix(y, audit_probs(pd.read_parquet(root / paths.ISSUES), calib, len(encoder.classes)))
+    settings = Settings(cp.odir, cp.histogram_bins, cp.folds, params.seed, noise)
+    probs = {name: logits_of(m, rows).softmax(1).double().numpy() for name, m in teachers.items()}
+    scores = {}
+    for w in BLEND_GRID:
+        logits = np.log(np.clip(w * probs["mlp"] + (1 - w) * probs["hgb"], 1e-12, None))
+        oof = out_of_fold("temperature", logits, y, settings)
+        scores[w] = {"nll": float(label_nll(oof, y, noise).mean()), "macro_f1": macro_f1(oof, y)}
+    w = min(BLEND_GRID, key=lambda v: scores[v]["nll"])
+    name = {1.0: "mlp", 0.0: "hgb"}.get(w, "blend")
+    model = teachers[name] if name in teachers else Blend([teachers["mlp"], teachers["hgb"]], [w, 1 - w])
+    return model, {"kind": name, "mlp_weight": w, "noise_aware": noise is not None,
+                   "candidates": {f"mlp_weight_{v:g}": s for v, s in scores.items()}}
+
+
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     t = params.train
@@ -103,63 +191,56 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     y_calib = encoder.labels(calib[schema.label], "calib split")
     train_t = Table.of(*encoder.transform(train), y_train, train.get("weight"), device=device)
     calib_t = Table.of(*encoder.transform(calib), y_calib, device=device)
-    n_classes = len(schema.classes)
-    embedding_dim = t.embedding_dim if t.categorical == "embedding" else 0
-    model = MLP(len(encoder.numeric), encoder.cardinalities, n_classes, t.hidden, t.dropout, embedding_dim).to(device)
-    loss_fn, refresh = make_loss(t, model, train_t)
-    r = params.resample
-    sampler = (
-        TemperatureSampler(y_train, n_classes, r.temperature_start, r.temperature_end, t.epochs)
-        if r.method == "temperature"
-        else None
-    )
+    log_true = np.log(np.maximum(true_priors, 1e-12))
     with tracking.stage_run("train", params, root):
-        result = fit(
-            model,
-            train_t,
-            loss_fn,
-            **fit_args(t),
-            seed=params.seed,
-            val=calib_t,
-            patience=t.patience,
-            progress="train",
-            monitor=t.monitor,
-            warmup=t.warmup,
-            grad_clip=t.grad_clip,
-            mixup=t.mixup,
-            sampler=sampler,
-            on_epoch=refresh,
+        teachers: dict[str, nn.Module] = {}
+        metrics: dict[str, Any] = {"device": device.type, "prior_correction": t.prior_correction}
+        history: list[dict[str, float]] = []
+        fit_priors: dict[str, list[float]] = {}
+        if t.teacher in ("auto", "mlp"):
+            model, result, priors = fit_mlp(params, train_t, calib_t, encoder, device)
+            history = result.history
+            metrics["mlp"] = {
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "parameters": param_count(model),
+                "rows_per_second": float(len(train_t) * len(result.epoch_seconds) / sum(result.epoch_seconds)),
+            }
+            teachers["mlp"], fit_priors["mlp"] = model.cpu(), priors.tolist()
+        if t.teacher in ("auto", "hgb"):
+            forest, metrics["hgb"], priors = fit_trees(params, train_t, calib_t, encoder)
+            teachers["hgb"], fit_priors["hgb"] = forest, priors.tolist()
+        for name, m in teachers.items():
+            if t.prior_correction:
+                adjustment = log_true - np.log(np.maximum(fit_priors[name], 1e-12))
+                m.logit_adjustment.copy_(torch.as_tensor(adjustment, dtype=torch.float32))
+        teacher, metrics["teacher"] = choose_teacher(params, root, teachers, encoder)
+        probs = logits_of(teacher, Table.of(calib_t.num.cpu(), calib_t.cat.cpu(), y_calib)).softmax(1).numpy()
+        metrics.update(
+            best_epoch=metrics.get("mlp", {}).get("best_epoch", 0),
+            parameters=param_count(teacher),
+            calib=classification(probs, y_calib, ECE_BINS),
         )
-        fit_priors = training_priors(train_t, n_classes, sampler, result.best_epoch)
-        if t.prior_correction:
-            adjustment = np.log(np.maximum(true_priors, 1e-12)) - np.log(np.maximum(fit_priors, 1e-12))
-            model.logit_adjustment.copy_(torch.as_tensor(adjustment, dtype=torch.float32))
-        probs = logits_of(model, calib_t).softmax(1).cpu().numpy()
-        metrics = {
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "parameters": param_count(model),
-            "device": device.type,
-            "rows_per_second": float(len(train_t) * len(result.epoch_seconds) / sum(result.epoch_seconds)),
-            "prior_correction": t.prior_correction,
-            "calib": classification(probs, y_calib, ECE_BINS),
-        }
+        print(f"tamis train: teacher {metrics['teacher']['kind']}"
+              + (f" (MLP weight {metrics['teacher']['mlp_weight']:g})" if "mlp_weight" in metrics["teacher"] else ""),
+              file=sys.stderr)
         import mlflow
 
-        for row in result.history:
+        for row in history:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         tracking.log_metrics(metrics)
+        mlflow.set_tag("tamis.teacher", metrics["teacher"]["kind"])
         with Outputs(root) as out:
             save_model(
                 out.path(paths.TEACHER),
-                model.cpu(),
+                teacher,
                 encoder,
-                best_epoch=result.best_epoch,
+                best_epoch=metrics["best_epoch"],
                 priors=true_priors.tolist(),
-                training_priors=fit_priors.tolist(),
+                training_priors=fit_priors,
             )
             out.write_json(paths.metrics("train"), metrics)
-            pd.DataFrame(result.history).to_csv(out.path(paths.TRAIN_CURVE), index=False)
+            pd.DataFrame(history, columns=["epoch"] if not history else None).to_csv(out.path(paths.TRAIN_CURVE), index=False)
     return metrics
 
 

@@ -46,13 +46,16 @@ class Exported(nn.Module):
     more, and one int8 range for all columns would leave the rest a few steps.
     """
 
-    def __init__(self, model: MLP, cal: dict, smooth: np.ndarray):
+    def __init__(self, model: nn.Module, cal: dict, smooth: np.ndarray):
         super().__init__()
         model = copy.deepcopy(model).cpu()
-        first = next(m for m in model.body if isinstance(m, nn.Linear))
         scale = torch.as_tensor(smooth, dtype=torch.float32)
-        with torch.no_grad():
-            first.weight[:, : len(scale)] *= scale  # the numeric columns come first
+        if isinstance(model, MLP):
+            first = next(m for m in model.body if isinstance(m, nn.Linear))
+            with torch.no_grad():
+                first.weight[:, : len(scale)] *= scale  # the numeric columns come first
+        elif not torch.all(scale == 1):
+            raise ValueError("only an MLP's inputs can be smoothed (its first layer takes the scale)")
         self.model, self.calibration = model, Calibration(cal)
         self.register_buffer("smooth", scale)
 

@@ -273,6 +273,13 @@ class TrainParams(FitParams):
     """Mixup's Beta(a, a) parameter; 0 switches mixup off."""
     prior_correction: bool = True
     """Add log(true class priors / training priors) to the teacher's logits when predicting."""
+    teacher: Literal["auto", "mlp", "hgb"] = "auto"
+    """The teacher: the MLP, gradient-boosted trees, or (auto) whichever of them or their blends scores best on
+    the calib split by the noise-aware likelihood."""
+    hgb_max_iter: int = Field(300, ge=1)
+    """Boosting iterations of the tree teacher (the calib split picks how many are kept)."""
+    hgb_learning_rate: float = Field(0.1, gt=0.0)
+    hgb_max_leaf_nodes: int = Field(31, ge=2)
 
 
 class CalibrateParams(Section):

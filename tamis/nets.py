@@ -308,16 +308,28 @@ def logits_of(model: nn.Module, table: Table, batch_size: int = 8192) -> torch.T
     return torch.cat(out) if out else torch.zeros((0, 0))
 
 
-def save_model(path: str | Path, model: MLP, encoder: Encoder, **extra: Any) -> None:
+def save_model(path: str | Path, model: nn.Module, encoder: Encoder, **extra: Any) -> None:
     torch.save({"arch": model.arch, "state_dict": model.state_dict(), "encoder": encoder.to_dict(), **extra}, path)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MLP, Encoder, dict[str, Any]]:
+def build(arch: dict[str, Any]) -> nn.Module:
+    """An untrained model of the shape ``arch`` describes: an MLP, a tree forest, or a blend of them."""
+    from tamis.trees import Blend, Forest
+
+    kind = arch.get("kind", "mlp")
+    if kind == "forest":
+        return Forest.empty(arch)
+    if kind == "blend":
+        return Blend([build(a) for a in arch["members"]], arch["weights"])
+    return MLP(**arch)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Encoder, dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise StageError(f"{path} is missing: run the stage that writes it first (dvc repro).")
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = MLP(**ckpt["arch"]).to(device)
+    model = build(ckpt["arch"]).to(device)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, Encoder.from_dict(ckpt["encoder"]), ckpt

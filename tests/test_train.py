@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import mixed_table, run_stage
+from stage_chain import write_audit_probs
 
 from stages import resample, train
 from tamis.config import parse_params
@@ -13,7 +14,7 @@ from tamis.data import ROW_ID, Schema
 from tamis.nets import load_model
 
 SCHEMA = Schema(label="label", numeric=["x1", "x2"], categorical=["color"], classes=["c0", "c1", "c2"])
-FAST = {"epochs": 4, "hidden": [32, 16], "patience": 2, "batch_size": 64}
+FAST = {"epochs": 4, "hidden": [32, 16], "patience": 2, "batch_size": 64, "teacher": "mlp"}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,8 @@ def workspace(tmp_path_factory):
     sizes = {"c0": 180, "c1": 60, "c2": 30}
     train_split = pd.concat([rest[rest["label"] == c].iloc[:n] for c, n in sizes.items()])
     train_split.assign(weight=1.0).to_parquet(root / "data/corrected/train.parquet", index=False)
+    both = pd.concat([train_split, calib])
+    write_audit_probs(root, both, np.array(["train"] * len(train_split) + ["calib"] * len(calib)), SCHEMA.classes)
     return root
 
 
@@ -47,12 +50,13 @@ def test_train_writes_teacher_curve_and_prior_corrected_checkpoint(workspace):
                      prior_correction=True)
     curve = pd.read_csv(workspace / "plots/train_curve.csv")
     assert list(curve.columns) == ["epoch", "train_loss", "lr", "val_nll", "val_accuracy", "val_macro_f1"]
-    assert metrics["epochs_run"] == len(curve) and metrics["rows_per_second"] > 0
+    assert metrics["mlp"]["epochs_run"] == len(curve) and metrics["mlp"]["rows_per_second"] > 0
+    assert metrics["teacher"] == {"kind": "mlp"}
     model, _, ckpt = load_model(workspace / "models/teacher.pt")
     assert len(model.embeddings) == 0 and model.arch["embedding_dim"] == 0
     assert ckpt["priors"] == pytest.approx([180 / 270, 60 / 270, 30 / 270])
-    assert ckpt["training_priors"] == pytest.approx([1 / 3] * 3)  # random_over balanced the classes
-    expected = np.log(ckpt["priors"]) - np.log(ckpt["training_priors"])
+    assert ckpt["training_priors"]["mlp"] == pytest.approx([1 / 3] * 3)  # random_over balanced the classes
+    expected = np.log(ckpt["priors"]) - np.log(ckpt["training_priors"]["mlp"])
     assert np.allclose(model.logit_adjustment.numpy(), expected, atol=1e-6) and expected[0] > 0 > expected[2]
 
 
@@ -75,7 +79,7 @@ def test_temperature_sampling_records_the_class_mix_it_trained_with(workspace):
     best = pd.read_csv(workspace / "plots/train_curve.csv")["val_macro_f1"].idxmax() + 1
     t = 4.0 + (1.0 - 4.0) * (best - 1) / 2
     mix = np.array([180, 60, 30]) ** (1 / t)
-    assert ckpt["training_priors"] == pytest.approx(mix / mix.sum(), rel=1e-4)
+    assert ckpt["training_priors"]["mlp"] == pytest.approx(mix / mix.sum(), rel=1e-4)
 
 
 # With CUDA present the device is fine, and the stage stops at its first missing input instead.
@@ -94,3 +98,47 @@ def test_bad_train_params_stop_with_one_line_naming_the_param(tmp_path, params_t
     proc = run_stage(tmp_path, "train")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert re.search(message, proc.stderr), proc.stderr
+
+
+def test_tree_teacher_is_the_boosted_model_cut_where_calib_scores_best(workspace):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from tamis.nets import Table, logits_of
+    from tamis.trees import categorical_mask, hgb_inputs
+
+    metrics = _train(workspace, {"method": "none"}, teacher="hgb", hgb_max_iter=40, prior_correction=True)
+    model, encoder, ckpt = load_model(workspace / "models/teacher.pt")
+    assert metrics["teacher"] == {"kind": "hgb"} and "mlp" not in metrics and model.arch["kind"] == "forest"
+    train_rows = pd.read_parquet(workspace / "data/resampled/train.parquet")
+    calib = pd.read_parquet(workspace / "data/corrected/calib.parquet")
+    num, cat = encoder.transform(train_rows)
+    ref = HistGradientBoostingClassifier(max_iter=40, categorical_features=categorical_mask(2, encoder.cardinalities),
+                                         early_stopping=False, random_state=0)
+    ref.fit(hgb_inputs(num, cat), encoder.labels(train_rows["label"]))
+    cnum, ccat = encoder.transform(calib)
+    staged = list(ref.staged_predict_proba(hgb_inputs(cnum, ccat)))
+    best = metrics["hgb"]["best_iteration"]
+    y = encoder.labels(calib["label"])
+    f1s = [metrics_f1(p, y) for p in staged]
+    assert f1s[best - 1] == pytest.approx(max(f1s)) and model.arch["iterations"] == best
+    adjusted = np.log(staged[best - 1]) + np.asarray(model.logit_adjustment)
+    ours = logits_of(model, Table.of(cnum, ccat, y)).log_softmax(1).numpy()
+    assert np.abs(ours - (adjusted - np.log(np.exp(adjusted).sum(1, keepdims=True)))).max() < 1e-4
+    assert ckpt["training_priors"]["hgb"] == pytest.approx([180 / 270, 60 / 270, 30 / 270])
+
+
+def metrics_f1(p, y):
+    from sklearn.metrics import f1_score
+
+    return f1_score(y, p.argmax(1), average="macro")
+
+
+def test_auto_teacher_keeps_the_candidate_with_the_best_noise_aware_score(workspace):
+    metrics = _train(workspace, teacher="auto", hgb_max_iter=40)
+    choice = metrics["teacher"]
+    scores = {k: v["nll"] for k, v in choice["candidates"].items()}
+    assert set(scores) == {"mlp_weight_1", "mlp_weight_0.75", "mlp_weight_0.5", "mlp_weight_0.25", "mlp_weight_0"}
+    assert scores[f"mlp_weight_{choice['mlp_weight']:g}"] == min(scores.values()) and choice["noise_aware"]
+    model, _, _ = load_model(workspace / "models/teacher.pt")
+    kind = {1.0: "mlp", 0.0: "forest"}.get(choice["mlp_weight"], "blend")
+    assert model.arch.get("kind", "mlp") == kind and "mlp" in metrics and "hgb" in metrics
