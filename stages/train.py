@@ -1,6 +1,16 @@
-"""Train: the PyTorch teacher on the corrected, rebalanced training split.
+"""Train: the teacher on the corrected, rebalanced training split.
 
-An MLP for tables (numeric columns standardised or quantile-mapped,
+Two candidates (``train.teacher: auto``; ``mlp`` or ``hgb`` fits one): an MLP,
+and scikit-learn's HistGradientBoosting trees (on many tables trees beat an
+MLP, and a user would try them first), boosted on the same rows with the same
+weights, cut at the iteration that scores best on the calibration split and
+copied into a torch module (``tamis/trees.py``) so every later stage takes it
+as it takes the MLP. ``auto`` keeps the MLP, the trees or a blend of their
+probabilities, by cross-validated likelihood after a temperature fit on the
+calib rows calibrate uses, forward-corrected through their noise matrix:
+a teacher is not chosen for fitting the calib labels' own flips.
+
+The MLP is for tables (numeric columns standardised or quantile-mapped,
 categoricals as learned embeddings or one-hot) fitted with a noise-robust loss
 (``train.loss``: CE, label smoothing, GCE, SCE or ELR, optionally with mixup),
 AdamW, warmup + cosine and gradient clipping. Early stopping watches the
