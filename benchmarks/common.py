@@ -118,6 +118,10 @@ def run_tamis(
     result = json.loads(evaluation.read_text()) if evaluation.exists() else {}
     result["wall_seconds"] = wall
     result["repo"] = str(repo)
+    train_metrics = repo / "metrics/train.json"
+    if train_metrics.exists():  # the MLP's share of the teacher: 1 the MLP, 0 the trees, between a blend
+        teacher = json.loads(train_metrics.read_text())["teacher"]
+        result["teacher_mlp_weight"] = teacher.get("mlp_weight", 1.0 if teacher["kind"] == "mlp" else 0.0)
     result["issues"] = pd.read_parquet(repo / "data/audit/issues.parquet")
     return result
 

@@ -171,6 +171,7 @@ def one_run(name: str, frame: pd.DataFrame, rate: float, seed: int, workdir: Pat
         result[TAMIS["final"]]["detection"] = detection_scores(issues["is_label_issue"].to_numpy(), flipped[rows])
         result["CleanLearning(HGB)"]["detection"] = detection_scores(cl_flags[rows], flipped[rows])
     result["tamis_seconds"] = tamis["wall_seconds"]
+    result["tamis_teacher_mlp_weight"] = tamis.get("teacher_mlp_weight", 1.0)
     result["cell_seconds"] = time.perf_counter() - start
     result["flipped_share"] = float(flipped.mean())
     print(f"  {name} noise={rate:.0%} seed={seed}: tamis macro-F1 {result[TAMIS['final']]['macro_f1']:.3f}"

@@ -156,6 +156,7 @@ def fit_trees(params: Params, train_t: Table, calib_t: Table, encoder: Encoder) 
     return forest, info, class_priors(np.bincount(y, weights=w, minlength=n_classes))
 
 
+MAX_TREE_CLASSES = 50  # auto leaves the trees out above this: one tree per class and iteration grows too large
 BLEND_GRID = (1.0, 0.75, 0.5, 0.25, 0.0)  # the MLP's share of the blend; 1: the MLP alone, 0: the trees alone
 
 
@@ -217,7 +218,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
                 "rows_per_second": float(len(train_t) * len(result.epoch_seconds) / sum(result.epoch_seconds)),
             }
             teachers["mlp"], fit_priors["mlp"] = model.cpu(), priors.tolist()
-        if t.teacher in ("auto", "hgb"):
+        if t.teacher == "hgb" or (t.teacher == "auto" and len(encoder.classes) <= MAX_TREE_CLASSES):
             forest, metrics["hgb"], priors = fit_trees(params, train_t, calib_t, encoder)
             teachers["hgb"], fit_priors["hgb"] = forest, priors.tolist()
         for name, m in teachers.items():

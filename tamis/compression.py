@@ -259,14 +259,21 @@ def batch_shift(predictor: Predictor, num: np.ndarray, cat: np.ndarray) -> float
 def gate(
     report: dict, reference: dict, shift: float, class_rows: np.ndarray, classes: list, c: CompressParams, recall_rows: int = RECALL_ROWS
 ) -> dict[str, Any]:
-    """How a variant compares with the calibrated teacher on the calib split, and whether it may ship."""
+    """How a variant compares with the calibrated teacher on the calib split, and whether it may ship.
+
+    ``report["macro_f1_drop_se"]`` (the paired bootstrap's standard error of the drop, see
+    :func:`f1_drop_se`) times ``compress.f1_drop_se`` is added to the drop before it meets the budget.
+    """
     f1_drop = reference["macro_f1"] - report["macro_f1"]
+    se = report.get("macro_f1_drop_se", 0.0)
+    bound = f1_drop + c.f1_drop_se * se
     ece_rise = report["ece"] - reference["ece"]
     drops = np.asarray(reference["per_class_recall"]) - np.asarray(report["per_class_recall"])
     allowed = np.maximum(c.max_class_recall_drop, recall_rows / np.maximum(class_rows, 1))
     failures = []
-    if f1_drop > c.max_f1_drop + 1e-12:
-        failures.append(f"macro-F1 drop {f1_drop:.4f} > compress.max_f1_drop {c.max_f1_drop:g}")
+    if bound > c.max_f1_drop + 1e-12:
+        failures.append(f"macro-F1 drop {f1_drop:.4f}" + (f" + {c.f1_drop_se:g} x SE {se:.4f}" if se else "")
+                        + f" > compress.max_f1_drop {c.max_f1_drop:g}")
     if ece_rise > c.max_ece_rise + 1e-12:
         failures.append(f"ECE rise {ece_rise:.4f} > compress.max_ece_rise {c.max_ece_rise:g}")
     worst = int(np.argmax(drops - allowed))
@@ -276,12 +283,37 @@ def gate(
         failures.append(f"probabilities change by {shift:.2e} with the batch (> compress.max_batch_shift {c.max_batch_shift:g})")
     return {
         "macro_f1_drop": f1_drop,
+        "macro_f1_drop_se": se,
         "ece_rise": ece_rise,
         "max_class_recall_drop": float(drops.max()),
         "batch_shift": shift,
         "passed": not failures,
         "failures": failures,
     }
+
+
+BOOTSTRAP = 200  # resamples of the calib rows for the standard error of a variant's macro-F1 drop
+
+
+def f1_drop_se(reference: np.ndarray, probs: np.ndarray, y: np.ndarray, seed: int) -> float:
+    """Standard error of macro-F1(reference) - macro-F1(probs) over paired bootstrap resamples of the rows.
+
+    Paired: both models are scored on the same resampled rows, so what they agree on cancels and the
+    error reflects the rows where they differ. The same seed gives every variant the same resamples.
+    """
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(reference.shape[1])
+    a, b = reference.argmax(1), probs.argmax(1)
+    if np.array_equal(a, b):
+        return 0.0
+    drops = []
+    for _ in range(BOOTSTRAP):
+        idx = rng.integers(0, len(y), len(y))
+        drops.append(f1_score(y[idx], a[idx], labels=labels, average="macro", zero_division=0)
+                     - f1_score(y[idx], b[idx], labels=labels, average="macro", zero_division=0))
+    return float(np.std(drops))
 
 
 def pick_shipped(variants: dict[str, dict[str, Any]]) -> tuple[str, bool]:

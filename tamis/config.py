@@ -324,6 +324,9 @@ class CompressParams(Section):
     max_batch_shift: float = Field(1e-4, gt=0.0)
     """Gate: largest change of a variant's probabilities between batch 1 and one full batch (dynamic int8 fails it)."""
     max_f1_drop: float = Field(0.01, ge=0.0)
+    f1_drop_se: float = Field(0.0, ge=0.0)
+    """Gate: the macro-F1 drop plus this many paired-bootstrap standard errors must stay within max_f1_drop
+    (0: the point estimate alone; the standard error is reported either way)."""
     max_ece_rise: float = Field(0.01, ge=0.0)
     max_class_recall_drop: float = Field(0.03, ge=0.0)
 

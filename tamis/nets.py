@@ -304,6 +304,7 @@ def fit(
 @torch.no_grad()
 def logits_of(model: nn.Module, table: Table, batch_size: int = 8192) -> torch.Tensor:
     model.eval()
+    batch_size = min(batch_size, getattr(model, "max_batch", batch_size))  # a forest holds rows x trees positions
     out = [model(table.num[i : i + batch_size], table.cat[i : i + batch_size]) for i in range(0, len(table), batch_size)]
     return torch.cat(out) if out else torch.zeros((0, 0))
 

@@ -125,6 +125,11 @@ class Forest(nn.Module):
                     nodes=offset, left_sets=sets + 1, depth=depth, iterations=len(predictors))
         return cls(arrays, arch)
 
+    @property
+    def max_batch(self) -> int:
+        """Rows per call that keep each step's rows x trees tensors near 32 MiB."""
+        return max(16, 2**22 // max(1, self.arch["trees"]))
+
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         x = torch.cat([num, cat.to(num.dtype)], dim=1)[:, self.order]
         node = self.roots.unsqueeze(0).expand(x.shape[0], -1)
@@ -191,6 +196,10 @@ class Blend(nn.Module):
         self.members = nn.ModuleList(members)
         self.register_buffer("log_weights", torch.log(torch.as_tensor(weights, dtype=torch.float32).clamp_min(1e-12)))
         self.arch = dict(kind="blend", weights=list(map(float, weights)), members=[m.arch for m in members])
+
+    @property
+    def max_batch(self) -> int:
+        return min(getattr(m, "max_batch", 8192) for m in self.members)
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         parts = [torch.log_softmax(m(num, cat), dim=1) + w for m, w in zip(self.members, self.log_weights)]

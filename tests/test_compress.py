@@ -131,3 +131,22 @@ def test_when_no_student_variant_passes_the_calibrated_teacher_ships(compressed,
     if cal["method"] in calibration.PARAMETRIC:  # the graph is the calibrated teacher itself
         logits = teacher(torch.as_tensor(num), torch.as_tensor(cat)).detach().numpy()
         assert np.abs(predictor.proba_encoded(num, cat) - calibration.apply_map(cal, logits)).max() < 1e-4
+
+
+def test_the_f1_gate_counts_the_drop_s_standard_error():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    ref = np.eye(3)[y] * 0.8 + 0.2 / 3
+    same = ref.copy()
+    assert compression.f1_drop_se(ref, same, y, 0) == 0.0  # the same predictions: no doubt about the drop
+    worse = ref.copy()
+    flip = rng.choice(300, 12, replace=False)
+    worse[flip] = np.roll(worse[flip], 1, axis=1)  # 4% of the rows now wrong
+    se = compression.f1_drop_se(ref, worse, y, 0)
+    assert 0.005 < se < 0.03 and se == compression.f1_drop_se(ref, worse, y, 0)
+    c = CompressParams(max_f1_drop=0.01, f1_drop_se=1.0)
+    report = {"macro_f1": 0.895, "ece": 0.02, "per_class_recall": [0.9, 0.9], "macro_f1_drop_se": se}
+    reference = _report(0.90, 0.02, [0.9, 0.9])
+    rows = np.array([150, 150])
+    assert not compression.gate(report, reference, 0.0, rows, ["a", "b"], c)["passed"]  # 0.005 + se > 0.01
+    assert compression.gate(report, reference, 0.0, rows, ["a", "b"], CompressParams(f1_drop_se=0.0))["passed"]
