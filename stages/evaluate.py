@@ -22,7 +22,7 @@ from tamis.config import Params
 from tamis.contract import Outputs, read_json, stage_main
 from tamis.data import ROW_ID, read_split
 from tamis.metrics import ECE_BINS, classification, softmax
-from tamis.nets import Table, load_model, logits_of
+from tamis.nets import Table, describe, load_model, logits_of
 from tamis.serving import Predictor
 
 
@@ -119,6 +119,7 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
 
 Shipped model: `{metrics['final_model']}` ({shipped_why(metrics)}), evaluated on
 {metrics['test_rows']} test rows that no stage trained or calibrated on.
+Teacher: {metrics.get('teacher', 'MLP')} (`train.teacher`, see metrics/train.json).
 {dropped_txt}
 | model | accuracy | macro-F1 | ECE (15 bins) | size (bytes) |
 |---|---|---|---|---|
@@ -173,6 +174,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "macro_f1": by_model["final"]["macro_f1"],
         "ece": by_model["final"]["ece"],
         "final_model": serving["model"],
+        "teacher": describe(teacher.arch),
         "test_rows": len(test),
         "classes": [str(c) for c in encoder.classes],
         "by_model": by_model,

@@ -325,6 +325,16 @@ def build(arch: dict[str, Any]) -> nn.Module:
     return MLP(**arch)
 
 
+def describe(arch: dict[str, Any]) -> str:
+    """One line naming a model: what the model card says the teacher is."""
+    kind = arch.get("kind", "mlp")
+    if kind == "forest":
+        return f"HistGradientBoosting trees ({arch['iterations']} iterations, {arch['trees']} trees)"
+    if kind == "blend":
+        return " + ".join(f"{w:.2g} x {describe(a)}" for w, a in zip(arch["weights"], arch["members"]))
+    return f"MLP {arch['hidden']}"
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Encoder, dict[str, Any]]:
     path = Path(path)
     if not path.exists():

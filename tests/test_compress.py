@@ -111,25 +111,31 @@ def test_the_shipped_graph_applies_the_students_calibration(compressed):
     assert list(shipped.columns) == ["label"] + [f"proba_c{k}" for k in range(4)] and len(shipped) == len(frame)
 
 
-def test_when_no_student_variant_passes_the_calibrated_teacher_ships(compressed, tmp_path):
-    from stages import compress
+@pytest.mark.parametrize("teacher", ["auto", "hgb"])
+def test_when_no_student_variant_passes_the_calibrated_teacher_ships(compressed, tmp_path, teacher):
+    from stages import calibrate, compress, train
 
     root = stage_chain.copy_of(compressed, tmp_path / "strict")
     strict = [f"compress.{k}=0" for k in ("max_f1_drop", "max_ece_rise", "max_class_recall_drop")]
-    stage_chain.set_params(root, *strict, "compress.max_batch_shift=1e-12", "compress.quantize=[int8_static]")
+    stage_chain.set_params(root, *strict, "compress.max_batch_shift=1e-12", "compress.quantize=[int8_static]",
+                           f"train.teacher={teacher}", "train.hgb_max_iter=30")
+    if teacher == "hgb":  # a tree teacher exports as the same kind of graph
+        train.run(stage_chain.params_of(root), root)
+        calibrate.run(stage_chain.params_of(root), root)
+        assert load_model(root / "models/teacher.pt")[0].arch["kind"] == "forest"
     metrics = compress.run(stage_chain.params_of(root), root)
     assert metrics["chosen"] == "teacher.fp32" and metrics["gate"]["fallback"] == "teacher"
     assert "shipping the calibrated teacher" in metrics["gate"]["warning"]
     assert not any(n.startswith("teacher.int8") for n in metrics["variants"])  # the fallback ships in FP32
     serving = json.loads((root / "models/serving.json").read_text())
     assert serving["model"] == "variants/teacher.fp32.onnx"
-    teacher, _, _ = load_model(root / "models/teacher.pt")
+    model, _, _ = load_model(root / "models/teacher.pt")
     cal = json.loads((root / "models/calibration.json").read_text())
     frame = pd.read_parquet(root / "data/validated/test.parquet")
     predictor = Predictor.load(root / "models")
     num, cat = predictor.encoder.transform(frame)
     if cal["method"] in calibration.PARAMETRIC:  # the graph is the calibrated teacher itself
-        logits = teacher(torch.as_tensor(num), torch.as_tensor(cat)).detach().numpy()
+        logits = model(torch.as_tensor(num), torch.as_tensor(cat)).detach().numpy()
         assert np.abs(predictor.proba_encoded(num, cat) - calibration.apply_map(cal, logits)).max() < 1e-4
 
 
