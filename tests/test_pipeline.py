@@ -84,7 +84,10 @@ def test_evaluate_metrics_are_sane(flow_runs):
     for name in ("teacher_calibrated", "student", "final"):
         assert ev["by_model"][name]["ece"] < 0.15, name
     assert ev["by_model"]["teacher_calibrated"]["ece"] <= ev["by_model"]["teacher"]["ece"] + 0.02
-    assert ev["by_model"]["final"]["size_bytes"] < ev["by_model"]["teacher"]["size_bytes"]
+    if not ev["final_model"].startswith("variants/teacher."):  # a student shipped: compression made it smaller
+        assert ev["by_model"]["final"]["size_bytes"] < ev["by_model"]["teacher"]["size_bytes"]
+    else:  # the gate sent the calibrated teacher: the same model, as ONNX
+        assert ev["by_model"]["final"]["accuracy"] == pytest.approx(ev["by_model"]["teacher_calibrated"]["accuracy"], abs=0.01)
     audit = ev["audit"]  # noise was injected: the audit is scored against the truth
     assert audit["flipped"] > 50 and audit["precision"] > 0.3 and audit["recall"] > 0.3
 
