@@ -24,6 +24,7 @@ FAST = [
     "train.epochs=4",
     "train.hidden=[64, 32]",
     "train.patience=2",
+    "train.hgb_max_iter=40",
     "distill.epochs=4",
     "distill.hidden=[16]",
     "distill.patience=2",
