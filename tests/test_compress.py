@@ -156,3 +156,23 @@ def test_the_f1_gate_counts_the_drop_s_standard_error():
     rows = np.array([150, 150])
     assert not compression.gate(report, reference, 0.0, rows, ["a", "b"], c)["passed"]  # 0.005 + se > 0.01
     assert compression.gate(report, reference, 0.0, rows, ["a", "b"], CompressParams(f1_drop_se=0.0))["passed"]
+
+
+def test_the_bootstrap_macro_f1_is_scikit_learns():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 200)
+    a, b = np.eye(4)[y], np.eye(4)[np.where(rng.random(200) < 0.2, rng.integers(0, 4, 200), y)]
+    old, compression.BOOTSTRAP = compression.BOOTSTRAP, 2
+    try:
+        two = compression.f1_drop_se(a, b, y, 0)
+    finally:
+        compression.BOOTSTRAP = old
+    resamples = np.random.default_rng(0)  # the function's resamples, scored by scikit-learn
+    drops = []
+    for _ in range(2):
+        i = resamples.integers(0, 200, 200)
+        drops.append(f1_score(y[i], a.argmax(1)[i], labels=range(4), average="macro", zero_division=0)
+                     - f1_score(y[i], b.argmax(1)[i], labels=range(4), average="macro", zero_division=0))
+    assert two == pytest.approx(np.std(drops), abs=1e-12) and two > 0
