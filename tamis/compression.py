@@ -280,7 +280,7 @@ def gate(
     allowed = np.maximum(c.max_class_recall_drop, recall_rows / np.maximum(class_rows, 1))
     failures = []
     if bound > c.max_f1_drop + 1e-12:
-        failures.append(f"macro-F1 drop {f1_drop:.4f}" + (f" + {c.f1_drop_se:g} x SE {se:.4f}" if se else "")
+        failures.append(f"macro-F1 drop {f1_drop:.4f}" + (f" + {c.f1_drop_se:g} x SE {se:.4f}" if se and c.f1_drop_se else "")
                         + f" > compress.max_f1_drop {c.max_f1_drop:g}")
     if ece_rise > c.max_ece_rise + 1e-12:
         failures.append(f"ECE rise {ece_rise:.4f} > compress.max_ece_rise {c.max_ece_rise:g}")
