@@ -22,6 +22,7 @@ from tamis.contract import dumps
 SMALL = [
     "train.hidden=[48, 24]",
     "train.epochs=10",
+    "train.hgb_max_iter=40",
     "distill.hidden=[16]",
     "distill.epochs=10",
     "calibrate.bootstrap=20",
