@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from tamis import paths, tracking
-from tamis.calibration import Settings, label_nll, noise_matrix, out_of_fold
+from tamis.calibration import Settings, label_nll, noise_matrix, out_of_fold, within_one_se
 from tamis.config import Params, TrainParams
 from tamis.contract import Outputs, read_json, stage_main
 from tamis.data import Encoder, Schema, audit_probs, calibration_rows, read_calib, read_split
@@ -178,17 +178,13 @@ def choose_teacher(params: Params, root: Path, teachers: dict[str, nn.Module], e
         noise = noise_matrix(y, audit_probs(pd.read_parquet(root / paths.ISSUES), calib, len(encoder.classes)))
     settings = Settings(cp.odir, cp.histogram_bins, cp.folds, params.seed, noise)
     probs = {name: logits_of(m, rows).softmax(1).double().numpy() for name, m in teachers.items()}
-    scores, row_nll = {}, {}
+    f1, row_nll = {}, {}
     for w in BLEND_GRID:
         logits = np.log(np.clip(w * probs["mlp"] + (1 - w) * probs["hgb"], 1e-12, None))
         oof = out_of_fold("temperature", logits, y, settings)
-        row_nll[w] = label_nll(oof, y, noise)
-        scores[w] = {"nll": float(row_nll[w].mean()), "macro_f1": macro_f1(oof, y)}
-    best = min(BLEND_GRID, key=lambda v: scores[v]["nll"])
-    for w in BLEND_GRID:  # the MLP first: a candidate within one standard error of the best is kept (as calibrate does)
-        gap = row_nll[w] - row_nll[best]
-        scores[w].update(nll_gap=float(gap.mean()), nll_gap_se=float(gap.std() / np.sqrt(len(y))))
-    w = next(v for v in BLEND_GRID if scores[v]["nll_gap"] <= scores[v]["nll_gap_se"])
+        row_nll[w], f1[w] = label_nll(oof, y, noise), macro_f1(oof, y)
+    w, gaps = within_one_se(row_nll, BLEND_GRID)  # the MLP first, as calibrate keeps the simplest map
+    scores = {v: {**gaps[v], "macro_f1": f1[v]} for v in BLEND_GRID}
     name = {1.0: "mlp", 0.0: "hgb"}.get(w, "blend")
     model = teachers[name] if name in teachers else Blend([teachers["mlp"], teachers["hgb"]], [w, 1 - w])
     return model, {"kind": name, "mlp_weight": w, "noise_aware": noise is not None,

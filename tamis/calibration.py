@@ -18,6 +18,8 @@ change to one stage's report does not re-run the others.
 
 from __future__ import annotations
 
+from typing import Any
+
 import warnings
 from dataclasses import dataclass
 
@@ -258,6 +260,18 @@ def skipped(candidates: tuple[str, ...], n_classes: int) -> dict[str, str]:
     return {m: reason for m in candidates if m in FULL_MATRIX}
 
 
+def within_one_se(row_nll: dict, order: tuple) -> tuple[Any, dict]:
+    """(the first of ``order`` whose mean per-row NLL is within one paired standard error of the lowest, each
+    candidate's ``nll`` / ``nll_gap`` / ``nll_gap_se``): on a small split a richer choice must be clearly better."""
+    best = min(order, key=lambda k: row_nll[k].mean())
+    gaps = {}
+    for k in order:
+        gap = row_nll[k] - row_nll[best]
+        gaps[k] = {"nll": float(row_nll[k].mean()), "nll_gap": float(gap.mean()),
+                   "nll_gap_se": float(gap.std() / np.sqrt(len(gap)))}
+    return next(k for k in order if gaps[k]["nll_gap"] <= gaps[k]["nll_gap_se"]), gaps
+
+
 def select(
     method: str, candidates: tuple[str, ...], logits: np.ndarray, y: np.ndarray, s: Settings
 ) -> tuple[dict, dict[str, dict[str, float]], np.ndarray]:
@@ -273,18 +287,16 @@ def select(
     tried = tuple(m for m in candidates if m not in left_out) if method == "auto" else (method,)
     oof = {m: out_of_fold(m, logits, y, s) for m in tried}
     row_nll = {m: label_nll(p, y, s.noise) for m, p in oof.items()}  # forward-corrected when the labels are noisy
-    best = min(tried, key=lambda m: row_nll[m].mean())
-    scores = {}
-    for m in tried:
-        gap = row_nll[m] - row_nll[best]
-        scores[m] = {
-            "nll": float(row_nll[m].mean()),
-            "nll_gap": float(gap.mean()),
-            "nll_gap_se": float(gap.std() / np.sqrt(len(y))),
+    simplest, gaps = within_one_se(row_nll, tried)
+    scores = {
+        m: {
+            **gaps[m],
             "ece": ece(oof[m], y, ECE_BINS),
             "accuracy": float((oof[m].argmax(1) == y).mean()),
             "argmax_changed": float((oof[m].argmax(1) != logits.argmax(1)).mean()),
         }
+        for m in tried
+    }
     if method == "auto":
-        method = next(m for m in tried if scores[m]["nll_gap"] <= scores[m]["nll_gap_se"])
+        method = simplest
     return fit_map(method, logits, y, s), scores, oof[method]
