@@ -18,10 +18,9 @@ change to one stage's report does not re-run the others.
 
 from __future__ import annotations
 
-from typing import Any
-
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
