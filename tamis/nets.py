@@ -347,7 +347,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
 
 
 def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Fitted numbers: the weights, and a forest's node tensors (buffers: fitted by boosting, not by gradients)."""
+    from tamis.trees import Forest
+
+    nodes = sum(b.numel() for m in model.modules() if isinstance(m, Forest) for b in m.buffers())
+    return sum(p.numel() for p in model.parameters()) + nodes
 
 
 @contextlib.contextmanager
