@@ -33,7 +33,7 @@ import pandas as pd
 from benchmarks.common import confusion_noise, machine, make_table, run_tamis, write_result
 from tamis import calibration, paths
 from tamis.calibration import Settings
-from tamis.data import read_calib, read_split
+from tamis.data import noisy_rows, read_calib, read_split
 from tamis.metrics import ECE_BINS, classification, softmax
 from tamis.nets import Table, load_model, logits_of
 
@@ -83,17 +83,12 @@ def variants(repo: Path, label: str, seed: int) -> dict[str, dict[str, float]]:
         out[f"plain/{tag}"] = pick(classification(calibration.apply_map(plain, test_logits), y_test, ECE_BINS)) | {
             "method": plain["method"]
         }
-        noise = calibration.noise_matrix(y, audit_probs(issues, calib, len(encoder.classes)))
+        noise = calibration.noise_matrix(*noisy_rows(issues, encoder))  # as calibrate estimates it
         aware, _, _ = calibration.select("auto", calibration.METHODS, logits, y, Settings(seed=seed, noise=noise))
         out[f"noise_aware/{tag}"] = pick(classification(calibration.apply_map(aware, test_logits), y_test, ECE_BINS)) | {
             "method": aware["method"], "estimated_noise": float(1 - np.trace(noise) / len(noise))
         }
     return out
-
-
-def audit_probs(issues: pd.DataFrame, calib: pd.DataFrame, k: int) -> np.ndarray:
-    rows = issues[issues["split"] == "calib"].set_index("row_id").loc[calib["row_id"]]
-    return rows[[f"prob_{i}" for i in range(k)]].to_numpy()
 
 
 def pick(m: dict[str, Any]) -> dict[str, float]:

@@ -166,13 +166,19 @@ def calibration_rows(root: str | Path, rows: str) -> pd.DataFrame:
     return read_split(Path(root) / paths.VALIDATED, "calib") if rows == "all" else read_calib(root)
 
 
-def audit_probs(issues: pd.DataFrame, rows: pd.DataFrame, n_classes: int) -> np.ndarray:
-    """The audit's out-of-sample class probabilities of ``rows`` (matched by split and row id)."""
-    split = rows["split"].iloc[0] if "split" in rows.columns and len(rows) else "calib"
-    found = issues[issues["split"] == split].set_index(ROW_ID).reindex(rows[ROW_ID].to_numpy())
-    if found["prob_0"].isna().any():
-        raise StageError(f"{paths.ISSUES} lacks some {split} rows; re-run the audit (dvc repro audit).")
-    return found[[f"prob_{i}" for i in range(n_classes)]].to_numpy(np.float64)
+def noisy_rows(issues: pd.DataFrame, encoder: Encoder) -> tuple[np.ndarray, np.ndarray]:
+    """(given labels as class indices, the audit's out-of-sample probabilities) of every audited train and calib row.
+
+    The rows a label-noise matrix is estimated on: the calib split is carved out of the same table, so its labels
+    carry the same noise, and on 6-7x the rows confident learning needs far less shrinkage towards the identity
+    (digits: 0.20 estimated against 0.21 true, from 0.13 on the calib rows alone). Rows of a class the model does
+    not have (dropped as rare) are left out.
+    """
+    rows = issues[issues["split"].isin(["train", "calib"])]
+    lookup = {label_key(v): i for i, v in enumerate(encoder.classes)}
+    y = rows["given_label"].map(lambda v: lookup.get(label_key(v), -1)).to_numpy(dtype=np.int64)
+    probs = rows[[f"prob_{i}" for i in range(len(encoder.classes))]].to_numpy(np.float64)
+    return y[y >= 0], probs[y >= 0]
 
 
 def issue_columns(issue: str) -> tuple[str, str]:

@@ -76,7 +76,7 @@ def write_audit_probs(root: Path, frame: pd.DataFrame, split: np.ndarray, classe
     model = LogisticRegression(max_iter=500)
     probs[train] = cross_val_predict(model, x[train], y[train], cv=5, method="predict_proba")
     probs[~train] = model.fit(x[train], y[train]).predict_proba(x[~train])
-    issues = pd.DataFrame({"row_id": frame["row_id"].to_numpy(), "split": split})
+    issues = pd.DataFrame({"row_id": frame["row_id"].to_numpy(), "split": split, "given_label": frame["label"].to_numpy()})
     for i in range(len(classes)):
         issues[f"prob_{i}"] = probs[:, i]
     (root / "data/audit").mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from tamis.contract import StageError
-from tamis.data import ROW_ID, Encoder, Schema, load_source, split_frame
+from tamis.data import ROW_ID, Encoder, Schema, load_source, noisy_rows, split_frame
 
 
 def test_load_sklearn_dataset_names_label_column():
@@ -74,3 +74,17 @@ def test_labels_match_across_int_and_string_and_reject_unknown():
     assert enc.labels(pd.Series([2, "1", 0.0])).tolist() == [2, 1, 0]
     with pytest.raises(StageError, match="label 7 is not one of the training classes"):
         enc.labels(pd.Series([1, 7]))
+
+
+def test_noisy_rows_are_the_audited_train_and_calib_rows_of_known_classes():
+    encoder = Encoder.fit(pd.DataFrame({"x": [0.0, 1.0], "label": ["a", "b"]}), Schema("label", ["x"], [], ["a", "b"]))
+    issues = pd.DataFrame({
+        "row_id": [0, 1, 2, 0, 1],
+        "split": ["train", "train", "train", "calib", "test"],
+        "given_label": ["b", "a", "rare", "a", "b"],
+        "prob_0": [0.1, 0.8, 0.5, 0.7, 0.2],
+        "prob_1": [0.9, 0.2, 0.5, 0.3, 0.8],
+    })
+    y, probs = noisy_rows(issues, encoder)
+    assert y.tolist() == [1, 0, 0]  # the test row and the dropped class's row are left out
+    assert probs.tolist() == [[0.1, 0.9], [0.8, 0.2], [0.7, 0.3]]
