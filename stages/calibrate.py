@@ -9,8 +9,10 @@ also create ties), so each candidate's share of changed predictions is
 measured and reported (``argmax_changed``) beside its scores. ``method: auto``
 scores every method by out-of-fold NLL over stratified folds of the
 calibration split and takes the simplest within one standard error of the
-best. The "after" numbers are out-of-fold too: no row is scored by a map
-fitted on it.
+best. With noisy calib labels (``noise_aware``) the NLL is forward-corrected
+and ``auto`` tries only temperature, the identity and vector scaling, none of
+which may sharpen (``calibration.NOISE_AWARE``). The "after" numbers are
+out-of-fold too: no row is scored by a map fitted on it.
 """
 
 from __future__ import annotations
@@ -25,15 +27,15 @@ from tamis import paths, tracking
 from tamis.calibration import METHODS, Settings, apply_map, noise_matrix, select, skipped
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, stage_main
-from tamis.data import audit_probs, calibration_rows
+from tamis.data import calibration_rows, noisy_rows
 from tamis.metrics import ECE_BINS, calibration_report, classification, noise_corrected_ece, softmax
 from tamis.nets import Table, load_model, logits_of
 
 def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Teacher logits, class indices and (``calibrate.noise_aware``) the labels' noise matrix on the calibration split.
 
-    The noise matrix comes from the audit's out-of-sample probabilities of the
-    very rows calibration fits on (fold models never trained on calib rows).
+    The noise matrix comes from the audit's out-of-sample probabilities of every
+    audited train and calib row (``data.noisy_rows``: the same noise, 6-7x the rows).
     """
     model, encoder, _ = load_model(root / paths.TEACHER)
     calib = calibration_rows(root, params.calibrate.calib_rows)
@@ -47,7 +49,7 @@ def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray, np
     logits = logits_of(model, Table.of(*encoder.transform(calib), y)).numpy()
     noise = None
     if params.calibrate.noise_aware:
-        noise = noise_matrix(y, audit_probs(pd.read_parquet(root / paths.ISSUES), calib, len(encoder.classes)))
+        noise = noise_matrix(*noisy_rows(pd.read_parquet(root / paths.ISSUES), encoder))
     return logits, y, noise
 
 
@@ -99,7 +101,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "converged": cal.get("converged", True),
             "argmax_changed": float((apply_map(cal, logits).argmax(1) != before.argmax(1)).mean()),
             "candidates": scores,
-            "skipped": skipped(METHODS, logits.shape[1]) if params.calibrate.method == "auto" else {},
+            "skipped": skipped(METHODS, logits.shape[1], noise is not None) if c.method == "auto" else {},
             "before": report(before, y, params, noise),
             "after": report(after, y, params, noise),  # out-of-fold: each row calibrated by a map fitted without it
         }

@@ -125,7 +125,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
                 "best_epoch": best_epoch,
                 "calibration": cal["method"],
                 "calibration_candidates": scores,
-                "calibration_skipped": skipped(PARAMETRIC, logits.shape[1]) if kd.calibration == "auto" else {},
+                "calibration_skipped": skipped(STUDENT_CANDIDATES, logits.shape[1], teacher_cal.get("noise") is not None)
+                if kd.calibration == "auto" else {},
                 "calib": classification(oof, y, ECE_BINS),  # out-of-fold calibration, as for the teacher
             }
         distilled, base = report["distilled"]["calib"], report["baseline"]["calib"]

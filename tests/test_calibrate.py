@@ -56,6 +56,32 @@ def test_forward_corrected_fits_recover_the_clean_calibration_from_noisy_labels(
     assert ece(iso, clean) < ece(calibration.apply_map(calibration.fit_map("isotonic", z, given), z), clean)
 
 
+def test_a_noise_aware_fit_softens_but_never_sharpens():
+    # an overestimated noise matrix asks an under-confident model to sharpen; the noise-aware fit stays at T = 1
+    z, _, given, noise = _noisy(3000, 0.1, seed=3)
+    soft = z / 2.0  # under-confident for the clean labels: the clean fit would sharpen
+    overstated = 0.5 * np.eye(4) + 0.5 * np.roll(np.eye(4), 1, axis=1)
+    plain_clean = calibration.fit_map("temperature", soft, given)
+    assert plain_clean["temperature"] < 1.0  # without noise the fit may sharpen
+    aware = calibration.fit_map("temperature", soft, given, calibration.Settings(noise=overstated))
+    assert aware["temperature"] == pytest.approx(1.0, abs=1e-6)
+    vector = calibration.fit_map("vector", soft, given, calibration.Settings(noise=overstated))
+    assert max(vector["scale"]) <= 1.0 + 1e-9
+    # and softening still happens where the model is over-confident
+    sharp = calibration.fit_map("temperature", z * 3.0, given, calibration.Settings(noise=noise))
+    assert sharp["temperature"] > 2.0
+
+
+def test_auto_with_noisy_labels_tries_only_maps_that_cannot_sharpen_temperature_first():
+    z, _, given, noise = _noisy(600, 0.2, seed=4)
+    _, scores, _ = calibration.select("auto", calibration.METHODS, z, given, calibration.Settings(noise=noise))
+    assert tuple(scores) == calibration.NOISE_AWARE == ("temperature", "none", "vector")
+    reasons = calibration.skipped(calibration.METHODS, 4, noisy=True)
+    assert set(reasons) == {"matrix", "dirichlet", "isotonic", "histogram"}
+    named, _, _ = calibration.select("matrix", calibration.METHODS, z, given, calibration.Settings(noise=noise))
+    assert named["method"] == "matrix"  # a named method is still fitted as asked
+
+
 def test_auto_keeps_the_identity_when_the_model_is_already_calibrated_for_the_clean_labels():
     z, _, given, noise = _noisy(1500, 0.25, seed=1)
     cal, scores, _ = calibration.select("auto", calibration.METHODS, z, given, calibration.Settings(noise=noise))
@@ -151,7 +177,9 @@ def calibrated(tmp_path_factory):
 def test_stage_writes_the_calibrator_its_scores_and_the_reliability_plot(calibrated):
     metrics = json.loads((calibrated / "metrics/calibrate.json").read_text())
     cal = json.loads((calibrated / "models/calibration.json").read_text())
-    assert metrics["method"] == cal["method"] and set(metrics["candidates"]) == set(calibration.METHODS)
+    assert metrics["noise_aware"] and metrics["method"] == cal["method"]
+    assert set(metrics["candidates"]) == set(calibration.NOISE_AWARE)  # noisy calib labels: only maps that soften
+    assert set(metrics["skipped"]) == set(calibration.METHODS) - set(calibration.NOISE_AWARE)
     chosen = metrics["candidates"][cal["method"]]
     assert chosen["nll_gap"] <= chosen["nll_gap_se"]
     for side in ("before", "after"):
