@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from tamis import paths, tracking
-from tamis.calibration import METHODS, Settings, apply_map, noise_matrix, select, skipped
+from tamis.calibration import METHODS, Settings, apply_map, capped, noise_matrix, noise_rate, select, skipped
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, stage_main
 from tamis.data import calibration_rows, noisy_rows
@@ -32,7 +32,8 @@ from tamis.metrics import ECE_BINS, calibration_report, classification, noise_co
 from tamis.nets import Table, load_model, logits_of
 
 def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Teacher logits, class indices and (``calibrate.noise_aware``) the labels' noise matrix on the calibration split.
+    """Teacher logits and class indices of the calibration split, and (``calibrate.noise_aware``) the labels' noise
+    matrix as estimated, before ``calibrate.max_label_noise`` caps it.
 
     The noise matrix comes from the audit's out-of-sample probabilities of every
     audited train and calib row (``data.noisy_rows``: the same noise, 6-7x the rows).
@@ -86,9 +87,10 @@ def report(p: np.ndarray, y: np.ndarray, params: Params, noise: np.ndarray | Non
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
-    logits, y, noise = calib_logits(params, root)
+    logits, y, estimated = calib_logits(params, root)
+    c = params.calibrate
+    noise = None if estimated is None else capped(estimated, c.max_label_noise)
     with tracking.stage_run("calibrate", params, root):
-        c = params.calibrate
         settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, noise)
         cal, scores, after = select(c.method, METHODS, logits, y, settings)
         cal["noise"] = None if noise is None else noise.tolist()  # distill and compress calibrate with the same T
@@ -97,7 +99,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "method": cal["method"],
             "asked": c.method,
             "noise_aware": noise is not None,
-            "estimated_label_noise": None if noise is None else float(1.0 - np.trace(noise) / len(noise)),
+            "estimated_label_noise": None if noise is None else noise_rate(estimated),  # confident learning's
+            "label_noise": None if noise is None else noise_rate(noise),  # what the fits assume (max_label_noise)
             "converged": cal.get("converged", True),
             "argmax_changed": float((apply_map(cal, logits).argmax(1) != before.argmax(1)).mean()),
             "candidates": scores,

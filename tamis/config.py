@@ -290,6 +290,9 @@ class CalibrateParams(Section):
     """Off-diagonal and intercept L2 penalty of matrix / Dirichlet scaling."""
     noise_aware: bool = True
     """Fit and choose calibrators by the forward-corrected likelihood with the calib labels' estimated noise matrix."""
+    max_label_noise: float = Field(0.25, gt=0.0, le=1.0)
+    """The largest class-averaged label-noise rate the noise matrix may claim; past it, it is shrunk towards the
+    identity (confident learning counts overlapping classes as noise)."""
     calib_rows: Literal["all", "trusted"] = "all"
     """The calib rows calibrators fit on (and the compress gate scores on): all, or those the audit trusts.
     Dropping flagged rows leaves input-dependent noise that breaks the noise model (benchmarks/calibration_noise)."""

@@ -104,6 +104,17 @@ def test_noise_matrix_from_out_of_sample_probabilities():
     assert np.trace(calibration.noise_matrix(clean, softmax(z))) / 4 > np.trace(estimate) / 4 + 0.15
 
 
+def test_a_noise_matrix_past_the_cap_is_shrunk_towards_the_identity_every_flip_alike():
+    z, _, given, noise = _noisy(3000, 0.4, seed=6)
+    t = calibration.noise_matrix(given, softmax(z))
+    assert calibration.noise_rate(t) > 0.3
+    cut = calibration.capped(t, 0.2)
+    assert calibration.noise_rate(cut) == pytest.approx(0.2) and np.allclose(cut.sum(1), 1.0)
+    off = ~np.eye(4, dtype=bool)
+    assert np.allclose(cut[off] / t[off], 0.2 / calibration.noise_rate(t))  # the estimate's shape is kept
+    assert calibration.capped(t, 0.9) is t  # below the cap: as estimated
+
+
 @pytest.mark.parametrize("method", calibration.PARAMETRIC)
 def test_parametric_calibrators_are_the_same_map_in_torch(method):
     logits, y = _sampled(300)
