@@ -330,6 +330,9 @@ class CompressParams(Section):
     f1_drop_se: float = Field(0.0, ge=0.0)
     """Gate: the macro-F1 drop plus this many paired-bootstrap standard errors must stay within max_f1_drop
     (0: the point estimate alone; the standard error is reported either way)."""
+    max_f1_drop_se: float = Field(0.02, gt=0.0)
+    """Gate: the largest standard error of the macro-F1 drop the gate trusts. Above it the calib split is too small
+    to tell a drop within max_f1_drop from one several times larger, the variant fails and the teacher ships."""
     max_ece_rise: float = Field(0.01, ge=0.0)
     max_class_recall_drop: float = Field(0.03, ge=0.0)
 

@@ -158,6 +158,15 @@ def test_the_f1_gate_counts_the_drop_s_standard_error():
     assert compression.gate(report, reference, 0.0, rows, ["a", "b"], CompressParams(f1_drop_se=0.0))["passed"]
 
 
+def test_a_drop_too_uncertain_to_tell_fails_the_gate_whatever_its_estimate():
+    reference, rows = _report(0.90, 0.02, [0.9, 0.9]), np.array([20, 17])
+    tiny = {"macro_f1": 0.92, "ece": 0.02, "per_class_recall": [0.9, 0.9], "macro_f1_drop_se": 0.07}  # 37 calib rows
+    result = compression.gate(tiny, reference, 0.0, rows, ["a", "b"], CompressParams())
+    assert not result["passed"] and result["macro_f1_drop"] < 0  # better on the calib rows, and still not trusted
+    assert "compress.max_f1_drop_se 0.02: too few calib rows" in result["failures"][0]
+    assert compression.gate({**tiny, "macro_f1_drop_se": 0.015}, reference, 0.0, rows, ["a", "b"], CompressParams())["passed"]
+
+
 def test_the_bootstrap_macro_f1_is_scikit_learns():
     from sklearn.metrics import f1_score
 
