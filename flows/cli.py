@@ -155,18 +155,30 @@ def main(argv: list[str] | None = None) -> int:
     if not (repo / "dvc.yaml").exists():
         print(f"tamis: {repo} has no dvc.yaml; point --repo at a tamis checkout.", file=sys.stderr)
         return BAD_INPUT_EXIT
+    server = None
+    if args.command == "run":  # the local Prefect server boots beside the imports and checks below
+        from flows import local_server
+
+        server = local_server.start()
+    return _run(args, repo, server)
+
+
+def _run(args: argparse.Namespace, repo: Path, server) -> int:
+    from flows import local_server
     from flows.retrain import StageFailed, claim, retrain
     from tamis.config import apply_overrides, parse_params, read_raw
 
     try:
         overrides = without_inherited_noise(_absolute_paths(args.overrides), read_raw(repo / "params.yaml"))
-        # a typo in --set is refused here, before a server starts or params.yaml is touched
+        # a typo in --set is refused here, before the flow runs or params.yaml is touched
         parse_params(apply_overrides(read_raw(repo / "params.yaml"), overrides), "params.yaml with --set overrides")
         if args.command == "serve":
             # each tick is a run of its own: it takes the lock and applies the overrides under it
             retrain.serve(name="tamis-local", cron=args.cron, parameters={"repo": str(repo), "overrides": overrides})
             return 0
         with processes.interruptible(), claim(repo):  # a busy repo or a dead server: said at once, nothing written
+            if server is not None:
+                server.ready()
             result = retrain(repo=str(repo), overrides=overrides)
     except processes.Interrupted as stop:
         print(f"tamis: stopped by {stop}; the running stage and its processes were stopped"
@@ -178,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as err:
         print(f"tamis: {err}", file=sys.stderr)
         return BAD_INPUT_EXIT
+    except local_server.ServerError as err:
+        print(f"tamis: {err}", file=sys.stderr)
+        return 1
     print(_summary(result, repo))
     return 0
 

@@ -31,10 +31,10 @@ def md5_of(path: Path) -> str:
 
 def identify(source: str, key: str, cache: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
     """What identifies one input's content; ``cache`` maps path -> last seen stat and md5."""
-    if source.startswith("sklearn:"):
-        import sklearn
+    if source.startswith("sklearn:"):  # the release's metadata, not an import of scikit-learn (~1 s of a no-op run)
+        from importlib.metadata import version
 
-        return {"source": source, "sklearn": sklearn.__version__}
+        return {"source": source, "sklearn": version("scikit-learn")}
     path = input_file(source, key, root).resolve()
     stat = path.stat()
     seen = cache.get(str(path), {})

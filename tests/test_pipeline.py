@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -219,6 +220,13 @@ def test_runtime_settings_rerun_nothing(flow_runs):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "0 stage(s) ran: none, all up to date" in proc.stdout, proc.stdout[-2000:]
+    # the CLI started the local Prefect server itself (flows/local_server.py), so Prefect started none of its own,
+    # and the server that ran the flow is gone once the command has returned
+    out = proc.stdout + proc.stderr
+    assert "Starting temporary server" not in out, out[-2000:]
+    port = int(re.search(r"View at http://127\.0\.0\.1:(\d+)/", out).group(1))
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_calibration_change_reruns_only_calibrate_and_after(flow_runs):
