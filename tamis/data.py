@@ -166,19 +166,25 @@ def calibration_rows(root: str | Path, rows: str) -> pd.DataFrame:
     return read_split(Path(root) / paths.VALIDATED, "calib") if rows == "all" else read_calib(root)
 
 
-def noisy_rows(issues: pd.DataFrame, encoder: Encoder) -> tuple[np.ndarray, np.ndarray]:
-    """(given labels as class indices, the audit's out-of-sample probabilities) of every audited train and calib row.
+def noisy_rows(issues: pd.DataFrame, encoder: Encoder, splits: tuple[str, ...] = ("train", "calib")) -> tuple[np.ndarray, np.ndarray]:
+    """(given labels as class indices, the audit's out-of-sample probabilities) of the audited rows of ``splits``.
 
-    The rows a label-noise matrix is estimated on: the calib split is carved out of the same table, so its labels
-    carry the same noise, and on 6-7x the rows confident learning needs far less shrinkage towards the identity
-    (digits: 0.20 estimated against 0.21 true, from 0.13 on the calib rows alone). Rows of a class the model does
-    not have (dropped as rare) are left out.
+    The rows a label-noise matrix is estimated on. By default every train and calib row: the calib split is carved
+    out of the same table, so its labels carry the same noise, and on 6-7x the rows confident learning needs far
+    less shrinkage towards the identity (digits: 0.20 estimated against 0.21 true, from 0.13 on the calib rows
+    alone). Rows of a class the model does not have (dropped as rare) are left out.
     """
-    rows = issues[issues["split"].isin(["train", "calib"])]
+    rows = issues[issues["split"].isin(list(splits))]
     lookup = {label_key(v): i for i, v in enumerate(encoder.classes)}
     y = rows["given_label"].map(lambda v: lookup.get(label_key(v), -1)).to_numpy(dtype=np.int64)
     probs = rows[[f"prob_{i}" for i in range(len(encoder.classes))]].to_numpy(np.float64)
     return y[y >= 0], probs[y >= 0]
+
+
+def noise_splits(inject_noise: Any) -> tuple[str, ...]:
+    """Where the calib labels' noise shows: in train and calib alike, but ``data.inject_noise`` flips train labels
+    only (the demo), and then the calib rows alone say how noisy the calib labels are."""
+    return ("calib",) if inject_noise else ("train", "calib")
 
 
 def issue_columns(issue: str) -> tuple[str, str]:

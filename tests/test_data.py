@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from tamis.contract import StageError
-from tamis.data import ROW_ID, Encoder, Schema, load_source, noisy_rows, split_frame
+from tamis.data import ROW_ID, Encoder, Schema, load_source, noise_splits, noisy_rows, split_frame
 
 
 def test_load_sklearn_dataset_names_label_column():
@@ -88,3 +88,7 @@ def test_noisy_rows_are_the_audited_train_and_calib_rows_of_known_classes():
     y, probs = noisy_rows(issues, encoder)
     assert y.tolist() == [1, 0, 0]  # the test row and the dropped class's row are left out
     assert probs.tolist() == [[0.1, 0.9], [0.8, 0.2], [0.7, 0.3]]
+    # demo noise (data.inject_noise) flips train labels only: then the calib rows alone carry the calib labels' noise
+    assert noise_splits({"rate": 0.1}) == ("calib",) and noise_splits(None) == ("train", "calib")
+    y, _ = noisy_rows(issues, encoder, noise_splits({"rate": 0.1}))
+    assert y.tolist() == [0]
