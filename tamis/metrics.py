@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+# scikit-learn's metrics are imported where they are used: the promote step of a no-op run imports this module
+# for ``ece`` only, and scikit-learn's import is most of a second of it
 
 ECE_BINS = 15  # equal-width confidence bins of every ECE / MCE tamis reports (one place for the count)
 
@@ -89,6 +91,8 @@ def brier(probs: np.ndarray, y: np.ndarray) -> float:
 
 def classification(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict[str, float | list[float]]:
     """The numbers every stage reports for a model on a labelled split."""
+    from sklearn.metrics import accuracy_score, recall_score
+
     probs, y = np.asarray(probs), np.asarray(y)
     pred = probs.argmax(axis=1)
     labels = np.arange(probs.shape[1])
@@ -103,6 +107,8 @@ def classification(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> di
 
 
 def macro_f1(probs: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
     probs = np.asarray(probs)
     return float(f1_score(y, probs.argmax(axis=1), labels=np.arange(probs.shape[1]), average="macro", zero_division=0))
 
