@@ -122,6 +122,10 @@ def run_tamis(
     if train_metrics.exists():  # the MLP's share of the teacher: 1 the MLP, 0 the trees, between a blend
         teacher = json.loads(train_metrics.read_text())["teacher"]
         result["teacher_mlp_weight"] = teacher.get("mlp_weight", 1.0 if teacher["kind"] == "mlp" else 0.0)
+    calibrate = repo / "metrics/calibrate.json"
+    if calibrate.exists():  # the label-noise rate confident learning estimated, and what the fits assumed
+        c = json.loads(calibrate.read_text())
+        result["label_noise"] = {"estimated": c.get("estimated_label_noise"), "used": c.get("label_noise")}
     result["issues"] = pd.read_parquet(repo / "data/audit/issues.parquet")
     return result
 

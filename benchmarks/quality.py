@@ -172,6 +172,8 @@ def one_run(name: str, frame: pd.DataFrame, rate: float, seed: int, workdir: Pat
         result["CleanLearning(HGB)"]["detection"] = detection_scores(cl_flags[rows], flipped[rows])
     result["tamis_seconds"] = tamis["wall_seconds"]
     result["tamis_teacher_mlp_weight"] = tamis.get("teacher_mlp_weight", 1.0)
+    result["tamis_final_model"] = tamis.get("final_model")
+    result["tamis_label_noise"] = tamis.get("label_noise")
     result["cell_seconds"] = time.perf_counter() - start
     result["flipped_share"] = float(flipped.mean())
     print(f"  {name} noise={rate:.0%} seed={seed}: tamis macro-F1 {result[TAMIS['final']]['macro_f1']:.3f}"
