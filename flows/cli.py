@@ -216,6 +216,9 @@ def console() -> None:
         code[0] = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
         if isinstance(stop.code, str):
             print(stop.code, file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C out of `tamis serve`: the shell's code for it, after the traceback
+        code[0] = 130
+        raise
 
 
 def _exit_now(code: list[int]) -> None:
