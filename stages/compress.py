@@ -37,7 +37,7 @@ The pieces (pruning, export, quantisation, timing, the gate) live in
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +223,10 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     teacher_logits = logits_of(teacher, Table.of(num, cat, y)).numpy()
     noise = None if teacher_cal.get("noise") is None else np.asarray(teacher_cal["noise"])
     cp = params.calibrate
-    settings = Settings(cp.odir, cp.histogram_bins, cp.folds, params.seed, noise)
-    reference_probs = out_of_fold(teacher_cal["method"], teacher_logits, y, settings)
+    # students (KD-softened) may sharpen as the forward correction asks; the teacher's map is fitted as calibrate fits it
+    settings = Settings(cp.odir, cp.histogram_bins, cp.folds, params.seed, noise, soften_only=False)
+    teacher_settings = replace(settings, soften_only=True)
+    reference_probs = out_of_fold(teacher_cal["method"], teacher_logits, y, teacher_settings)
     reference = calib_report(reference_probs, y, noise)
     scoring = Scoring(rows, reference, encoder.classes, settings, c, reference_probs)
 
@@ -252,7 +254,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         chosen, passed = pick_shipped(variants)
         fallback = None
         if not passed:  # never ship a variant that failed: the calibrated teacher, exported, is the fallback
-            fallback = Candidate("teacher", teacher, onnx_calibration(teacher_cal, teacher_logits, y, settings), quantize=False)
+            fallback = Candidate("teacher", teacher, onnx_calibration(teacher_cal, teacher_logits, y, teacher_settings), quantize=False)
             files, parity = export_files(fallback, folder, rows, serving, params)
             scored = score_variants(fallback, files, serving, scoring)
             scored["teacher.fp32"].against_fp32 = {"parity_max_abs_error": parity}

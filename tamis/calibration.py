@@ -56,6 +56,7 @@ class Settings:
     folds: int = 5
     seed: int = 0
     noise: np.ndarray | None = None
+    soften_only: bool = True  # with ``noise``: temperature / vector never sharpen past a plain fit (``SOFTEN_ONLY``)
 
 
 def noise_rate(t: np.ndarray) -> float:
@@ -119,7 +120,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, bool]:
 
 
 def _linear_fit(
-    method: str, x: np.ndarray, y: np.ndarray, odir: float, noise: np.ndarray | None = None
+    method: str, x: np.ndarray, y: np.ndarray, odir: float, noise: np.ndarray | None = None, soften_only: bool = True
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """(W, b, converged) minimising mean NLL of softmax(x W^T + b) (+ ODIR penalty) by L-BFGS.
 
@@ -172,7 +173,7 @@ def _linear_fit(
 
     init = {"temperature": np.zeros(1), "vector": np.r_[np.ones(k), np.zeros(k)]}.get(method, np.r_[eye.ravel(), np.zeros(k)])
     bounds = None
-    if noise is not None and method in SOFTEN_ONLY:  # log T >= log floor; per-class scales <= 1 / floor
+    if noise is not None and soften_only and method in SOFTEN_ONLY:  # log T >= log floor; per-class scales <= 1 / floor
         floor = min(1.0, 1.0 / _linear_fit("temperature", x, y, odir)[0][0, 0])  # the plain fit's T, if below 1
         bounds = [(np.log(floor), None)] if method == "temperature" else [(None, 1.0 / floor)] * k + [(None, None)] * k
     res = minimize(objective, init, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": MAX_ITER})
@@ -188,7 +189,7 @@ def fit_map(method: str, logits: np.ndarray, y: np.ndarray, s: Settings = Settin
     if method in PARAMETRIC:
         on = "log_probs" if method == "dirichlet" else "logits"
         x = log_softmax(logits) if on == "log_probs" else np.asarray(logits, dtype=np.float64)
-        w, b, converged = _linear_fit("matrix" if method == "dirichlet" else method, x, y, s.odir, s.noise)
+        w, b, converged = _linear_fit("matrix" if method == "dirichlet" else method, x, y, s.odir, s.noise, s.soften_only)
         cal = {"method": method, "on": on, "scale": w.tolist(), "bias": b.tolist(), "converged": converged}
         if method == "temperature":
             cal.update(scale=float(w[0, 0]), temperature=float(1.0 / w[0, 0]))
