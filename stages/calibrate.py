@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tamis import paths, tracking
 from tamis.calibration import METHODS, Settings, apply_map, capped, noise_matrix, noise_rate, select, skipped
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, stage_main
-from tamis.data import calibration_rows, noise_splits, noisy_rows
+from tamis.data import audited_noisy_rows, calibration_rows
 from tamis.metrics import ECE_BINS, calibration_report, classification, noise_corrected_ece, softmax
 from tamis.nets import Table, load_model, logits_of
 
@@ -50,7 +49,7 @@ def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray, np
     logits = logits_of(model, Table.of(*encoder.transform(calib), y)).numpy()
     noise = None
     if params.calibrate.noise_aware:
-        noise = noise_matrix(*noisy_rows(pd.read_parquet(root / paths.ISSUES), encoder, noise_splits(params.data.inject_noise)))
+        noise = noise_matrix(*audited_noisy_rows(root, encoder, params.data.inject_noise))
     return logits, y, noise
 
 

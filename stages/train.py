@@ -40,7 +40,7 @@ from tamis import paths, tracking
 from tamis.calibration import Settings, capped, label_nll, noise_matrix, out_of_fold, within_one_se
 from tamis.config import Params, TrainParams
 from tamis.contract import Outputs, read_json, stage_main
-from tamis.data import Encoder, Schema, calibration_rows, noise_splits, noisy_rows, read_calib, read_split
+from tamis.data import Encoder, Schema, audited_noisy_rows, calibration_rows, read_calib, read_split
 from tamis.losses import (
     cross_entropy,
     elr_loss,
@@ -175,7 +175,7 @@ def choose_teacher(params: Params, root: Path, teachers: dict[str, nn.Module], e
     rows = Table.of(*encoder.transform(calib), y)
     noise = None
     if cp.noise_aware:
-        noise = capped(noise_matrix(*noisy_rows(pd.read_parquet(root / paths.ISSUES), encoder, noise_splits(params.data.inject_noise))), cp.max_label_noise)
+        noise = capped(noise_matrix(*audited_noisy_rows(root, encoder, params.data.inject_noise)), cp.max_label_noise)
     settings = Settings(cp.odir, cp.histogram_bins, cp.folds, params.seed, noise)
     probs = {name: logits_of(m, rows).softmax(1).double().numpy() for name, m in teachers.items()}
     f1, row_nll = {}, {}

@@ -187,6 +187,11 @@ def noise_splits(inject_noise: Any) -> tuple[str, ...]:
     return ("calib",) if inject_noise else ("train", "calib")
 
 
+def audited_noisy_rows(root: str | Path, encoder: Encoder, inject_noise: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``noisy_rows`` of the audit's issues over the splits ``noise_splits`` names: train and calibrate estimate T alike."""
+    return noisy_rows(pd.read_parquet(Path(root) / paths.ISSUES), encoder, noise_splits(inject_noise))
+
+
 def issue_columns(issue: str) -> tuple[str, str]:
     """(flag column, score column) of an audit issue type in ``data/audit/issues.parquet``; lower scores are worse."""
     return ("is_label_issue", "label_quality") if issue == "label" else (f"is_{issue}_issue", f"{issue}_score")
