@@ -131,6 +131,8 @@ def _linear_fit(
     corrected: of the given labels under softmax(...) @ T, so the map learns the
     clean-label probabilities (consistent when T is right). With ``noise`` a
     temperature stays >= min(1, the plain fit's T) and vector scales <= its inverse (``SOFTEN_ONLY``).
+    Where every row's argmax is already right (a small calib split), neither may sharpen at all: 20 right
+    answers say nothing about how sure to be, and a fit to them pushes every probability to 1.
     """
     from scipy.optimize import minimize
 
@@ -172,9 +174,13 @@ def _linear_fit(
         return loss, np.concatenate([(gw + 2 * odir * off / max(1, k * (k - 1))).ravel(), gb])
 
     init = {"temperature": np.zeros(1), "vector": np.r_[np.ones(k), np.zeros(k)]}.get(method, np.r_[eye.ravel(), np.zeros(k)])
-    bounds = None
-    if noise is not None and soften_only and method in SOFTEN_ONLY:  # log T >= log floor; per-class scales <= 1 / floor
+    floor = None  # log T >= log floor; per-class scales <= 1 / floor
+    if method in SOFTEN_ONLY and (x.argmax(axis=1) == y).all():
+        floor = 1.0  # no wrong prediction to learn from: the NLL falls without end as T -> 0, so never sharpen
+    elif noise is not None and soften_only and method in SOFTEN_ONLY:
         floor = min(1.0, 1.0 / _linear_fit("temperature", x, y, odir)[0][0, 0])  # the plain fit's T, if below 1
+    bounds = None
+    if floor is not None:
         bounds = [(np.log(floor), None)] if method == "temperature" else [(None, 1.0 / floor)] * k + [(None, None)] * k
     res = minimize(objective, init, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": MAX_ITER})
     w, b = unpack(res.x)

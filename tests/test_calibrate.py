@@ -77,6 +77,20 @@ def test_a_noise_aware_fit_softens_but_never_sharpens_past_what_the_noisy_labels
     assert sharp["temperature"] > 2.0
 
 
+@pytest.mark.parametrize("noisy", [False, True])
+def test_a_calib_split_with_no_wrong_prediction_never_sharpens(noisy):
+    # 20 rows, every argmax right, the model under-confident: the likelihood alone would push T to 0
+    rng = np.random.default_rng(0)
+    y = np.arange(20) % 3
+    z = rng.normal(scale=0.3, size=(20, 3))
+    z[np.arange(20), y] += 1.0
+    settings = calibration.Settings(noise=0.95 * np.eye(3) + 0.025 * (1 - np.eye(3)) if noisy else None, soften_only=False)
+    assert calibration.fit_map("temperature", z, y, settings)["temperature"] >= 1.0 - 1e-9
+    assert max(calibration.fit_map("vector", z, y, settings)["scale"]) <= 1.0 + 1e-9
+    z[0] = np.roll(z[0], 1)  # one wrong answer: now the fit may learn how sharp to be
+    assert calibration.fit_map("temperature", z, y, settings)["temperature"] < 1.0
+
+
 def test_auto_with_noisy_labels_tries_only_maps_that_cannot_sharpen_temperature_first():
     z, _, given, noise = _noisy(600, 0.2, seed=4)
     _, scores, _ = calibration.select("auto", calibration.METHODS, z, given, calibration.Settings(noise=noise))
