@@ -108,7 +108,7 @@ def _fit_mlp(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, devi
         model,
         table.rows(torch.as_tensor(fit_idx, device=table.y.device)),
         lambda logits, b: cross_entropy(logits, b.y, b.weight),
-        **fit_args(a),
+        **fit_args(a, len(fit_idx)),
         seed=seed,
         on_epoch=None if on_epoch is None else lambda epoch: on_epoch(model, table, epoch),
     )
@@ -116,11 +116,15 @@ def _fit_mlp(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, devi
 
 
 def mlp_probs(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(probs, early probs) of every row from an MLP fit on ``fit_idx``; early: after ``EL2N_EPOCH`` epochs."""
+    """(probs, early probs) of every row from an MLP fit on ``fit_idx``; early: after ``EL2N_EPOCH`` epochs.
+
+    Where ``max_steps`` cuts the epochs (a large table), early is the same share of the epochs that run.
+    """
     early: dict[str, np.ndarray] = {}
+    early_epoch = max(1, round(min(EL2N_EPOCH, a.epochs) * a.epochs_for(len(fit_idx)) / a.epochs))
 
     def snapshot(model, table, epoch: int) -> None:
-        if epoch == min(EL2N_EPOCH, a.epochs):
+        if epoch == early_epoch:
             early["probs"] = logits_of(model, table).softmax(1).cpu().numpy()
 
     with torch_threads(1):  # one thread per fit: the same bits in a local process or on any Dask worker

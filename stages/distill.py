@@ -79,7 +79,7 @@ def train_student(params: Params, encoder, train: Table, calib: Table, loss_fn: 
         student,
         train,
         loss_fn,
-        **fit_args(kd),
+        **fit_args(kd, len(train)),
         seed=params.seed,
         val=calib,
         patience=kd.patience,

@@ -114,12 +114,12 @@ def fit_mlp(params: Params, train_t: Table, calib_t: Table, encoder: Encoder, de
     sampler = None
     if params.resample.method == "temperature":
         start, end = params.resample.temperature_start, params.resample.temperature_end
-        sampler = TemperatureSampler(train_t.y.cpu().numpy(), n_classes, start, end, t.epochs)
+        sampler = TemperatureSampler(train_t.y.cpu().numpy(), n_classes, start, end, t.epochs_for(len(train_t)))
     result = fit(
         model,
         train_t,
         loss_fn,
-        **fit_args(t),
+        **fit_args(t, len(train_t)),
         seed=params.seed,
         val=calib_t,
         patience=t.patience,

@@ -133,7 +133,7 @@ def finetune(small: MLP, parent: MLP, train: Table, kd: DistillParams, *, epochs
         small,
         train,
         lambda z, b: kd.alpha * kd_loss(z, b.soft, kd.temperature, b.weight) + (1 - kd.alpha) * cross_entropy(z, b.y, b.weight),
-        epochs=epochs,
+        epochs=kd.epochs_for(len(train), epochs),
         batch_size=kd.batch_size,
         lr=kd.lr,
         weight_decay=kd.weight_decay,

@@ -7,6 +7,8 @@ default.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,6 +120,15 @@ class FitParams(Section):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
+    max_steps: int = Field(20000, ge=1)
+    """Optimiser steps a fit may take: on a large table fewer passes suffice (1M rows are 7,800 steps an epoch at
+    batch 128), so the epochs are cut to fit. It binds only where epochs x rows / batch_size passes it (the
+    audit's 25 epochs: above ~100k rows), so small and mid-sized tables train exactly as before."""
+
+    def epochs_for(self, n_rows: int, epochs: int | None = None) -> int:
+        """``epochs`` (default: this section's) cut to what ``max_steps`` allows on ``n_rows`` rows, at least one."""
+        per_epoch = max(1, math.ceil(n_rows / self.batch_size))
+        return max(1, min(self.epochs if epochs is None else epochs, self.max_steps // per_epoch))
 
     @model_validator(mode="after")
     def _positive_widths(self) -> FitParams:

@@ -206,9 +206,9 @@ class TemperatureSampler:
         return torch.multinomial(torch.as_tensor(per_row), len(self.y), replacement=True, generator=gen)
 
 
-def fit_args(section: Any) -> dict[str, Any]:
-    """The ``fit`` arguments every model section of params shares (audit, train, distill)."""
-    return {k: getattr(section, k) for k in ("epochs", "batch_size", "lr", "weight_decay")}
+def fit_args(section: Any, n_rows: int) -> dict[str, Any]:
+    """The ``fit`` arguments every model section of params shares (audit, train, distill), for ``n_rows`` rows."""
+    return {"epochs": section.epochs_for(n_rows), **{k: getattr(section, k) for k in ("batch_size", "lr", "weight_decay")}}
 
 
 def fit(

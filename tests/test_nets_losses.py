@@ -11,6 +11,7 @@ from tamis.nets import (
     MLP,
     Table,
     fit,
+    fit_args,
     load_model,
     logits_of,
     resolve_device,
@@ -62,6 +63,20 @@ def test_fit_learns_and_is_deterministic():
     assert r1.history[-1]["train_loss"] < r1.history[0]["train_loss"] * 0.7
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_max_steps_cuts_the_epochs_of_a_large_table_only():
+    from tamis.config import TrainParams
+
+    t = TrainParams(epochs=20, batch_size=32, max_steps=40)
+    assert t.epochs_for(300) == 4  # 10 steps an epoch: 4 epochs fit in 40 steps
+    assert t.epochs_for(32) == 20  # 1 step an epoch: the epochs as set
+    assert t.epochs_for(10_000) == 1  # never fewer than one pass
+    assert t.epochs_for(300, epochs=2) == 2
+    num, cat, y = _blobs()
+    result = fit(MLP(2, [], 3, [16], 0.0), Table.of(num, cat, y), lambda z, b: cross_entropy(z, b.y),
+                 **fit_args(t, len(y)), seed=0)
+    assert len(result.history) == t.epochs_for(len(y)) < 20
 
 
 def test_early_stopping_keeps_the_best_epoch():
