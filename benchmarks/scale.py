@@ -4,10 +4,13 @@ Generated long-tailed tables (45 numeric + 5 categorical columns, 8 classes,
 10% class-dependent label noise) go through every stage as
 ``python -m stages.<name>``; each stage's wall time and peak resident memory
 (from the OS, per process) are recorded, and the growth from one size to the
-next is divided by the growth in rows, so 1.0 means linear. Epochs are cut to
-2 for every model: this measures how the work grows, not model quality.
+next is divided by the growth in rows, so 1.0 means linear. The params are the
+defaults (``max_steps`` cuts the epochs of a large table); ``--few-epochs`` cuts
+every model to 2 epochs instead, which measures how the work grows, not the
+default run. The last rows: the whole pipeline (every stage, one after the
+other), its peak, and that peak against the table's own size in memory.
 
-    python -m benchmarks.scale [--quick] [--sizes 10000 100000 1000000]
+    python -m benchmarks.scale [--quick] [--sizes 10000 100000 1000000] [--few-epochs]
 """
 
 from __future__ import annotations
@@ -62,16 +65,17 @@ def run_measured(cmd: list[str], cwd: Path, timeout: float) -> tuple[float, floa
     return seconds, peak, os.waitstatus_to_exitcode(status), tail
 
 
-def one_size(base: Path, rows: int, timeout: float) -> dict[str, Any]:
+def one_size(base: Path, rows: int, timeout: float, overrides: list[str]) -> dict[str, Any]:
     frame = make_table(rows, n_numeric=45, n_categorical=5, n_classes=8, seed=0)
     frame["label"], _ = confusion_noise(frame, 0.1, seed=0)
+    table_mib = frame.memory_usage(deep=True).sum() / 2**20
     data = base / f"train_{rows}.parquet"
     frame.to_parquet(data, index=False)
     del frame
     repo = workspace.create(base / f"repo_{rows}")
     from tamis.config import apply_overrides, read_raw
 
-    raw = apply_overrides(read_raw(repo / "params.yaml"), [f"data.train={data}", "data.inject_noise=null", *FEW_EPOCHS])
+    raw = apply_overrides(read_raw(repo / "params.yaml"), [f"data.train={data}", "data.inject_noise=null", *overrides])
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     out: dict[str, Any] = {}
@@ -83,7 +87,7 @@ def one_size(base: Path, rows: int, timeout: float) -> dict[str, Any]:
         if code != 0:
             out[stage]["error"] = tail.strip().splitlines()[-1] if tail.strip() else f"exit {code}"
             break
-    return out
+    return {"stages": out, "table_mib": table_mib}
 
 
 def growth(result: dict[str, Any], sizes: list[int]) -> dict[str, dict[str, float]]:
@@ -91,8 +95,8 @@ def growth(result: dict[str, Any], sizes: list[int]) -> dict[str, dict[str, floa
     out: dict[str, dict[str, float]] = {}
     for small, big in zip(sizes, sizes[1:]):
         step = f"{small}->{big}"
-        for stage, row in result[str(big)].items():
-            before = result[str(small)].get(stage)
+        for stage, row in result[str(big)]["stages"].items():
+            before = result[str(small)]["stages"].get(stage)
             if before and before["ok"] and row["ok"]:
                 out.setdefault(stage, {})[step] = (row["seconds"] / before["seconds"]) / (big / small)
     return out
@@ -104,15 +108,29 @@ def table(result: dict[str, Any]) -> str:
         f"growth {a:,}→{b:,} (1 = linear)" for a, b in zip(sizes, sizes[1:])
     ) + " |"
     lines = [head, "|" + "---|" * (1 + len(sizes) + len(sizes) - 1)]
-    for stage in result[str(sizes[0])]:
+    for stage in result[str(sizes[0])]["stages"]:
         cells = []
         for s in sizes:
-            row = result[str(s)].get(stage)
+            row = result[str(s)]["stages"].get(stage)
             cells.append("—" if row is None else (f"{row['seconds']:.1f} / {row['peak_mib']:.0f}" if row["ok"] else "failed"))
         steps = result["growth"].get(stage, {})
         cells += [f"{steps[f'{a}->{b}']:.2f}" if f"{a}->{b}" in steps else "—" for a, b in zip(sizes, sizes[1:])]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    whole = {s: whole_pipeline(result[str(s)]) for s in sizes}
+    cells = [f"**{w['seconds']:.1f} / {w['peak_mib']:.0f}**" if w["ok"] else "failed" for w in whole.values()]
+    cells += [f"**{(whole[b]['seconds'] / whole[a]['seconds']) / (b / a):.2f}**" if whole[a]["ok"] and whole[b]["ok"] else "—"
+              for a, b in zip(sizes, sizes[1:])]
+    lines.append("| **whole pipeline** (s / peak MiB) | " + " | ".join(cells) + " |")
+    cells = [f"{result[str(s)]['table_mib']:.0f} MiB; peak {whole[s]['peak_mib'] / result[str(s)]['table_mib']:.1f}x" for s in sizes]
+    lines.append("| table in memory (pandas); peak / table | " + " | ".join(cells) + " | " + " | ".join("" for _ in sizes[1:]) + " |")
     return "\n".join(lines)
+
+
+def whole_pipeline(size: dict[str, Any]) -> dict[str, Any]:
+    """Every stage one after the other: summed seconds, the largest peak, whether all ran."""
+    rows = size["stages"].values()
+    return {"seconds": sum(r["seconds"] for r in rows), "peak_mib": max(r["peak_mib"] for r in rows),
+            "ok": all(r["ok"] for r in rows)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -120,12 +138,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="10k and 30k rows")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per stage")
+    parser.add_argument("--few-epochs", action="store_true", help="every model cut to 2 epochs (how the work grows)")
     args = parser.parse_args(argv)
     sizes = [10_000, 30_000] if args.quick else args.sizes
-    result: dict[str, Any] = {"sizes": sizes, "columns": 50, "epochs": 2, "machine": machine()}
+    overrides = FEW_EPOCHS if args.few_epochs else []
+    result: dict[str, Any] = {"sizes": sizes, "columns": 50, "epochs": 2 if args.few_epochs else "defaults",
+                              "machine": machine(), "command": "python -m benchmarks.scale " + " ".join(argv or sys.argv[1:])}
     with tempfile.TemporaryDirectory(prefix="tamis-scale-") as tmp:
         for rows in sizes:
-            result[str(rows)] = one_size(Path(tmp), rows, args.timeout)
+            result[str(rows)] = one_size(Path(tmp), rows, args.timeout, overrides)
     result["growth"] = growth(result, sizes)
     write_result("scale", result)
     print(table(result))
