@@ -115,6 +115,10 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
         + ", ".join(f"{c} ({sum(n.values())} row(s), {n['test']} of them test rows)" for c, n in dropped.items()) + ".\n"
         if dropped else ""
     )
+    unlabelled = {split: n for split, n in (metrics.get("unlabelled_rows_dropped") or {}).items() if n}
+    if unlabelled:
+        dropped_txt += ("\nRows with no label were left out (`data.missing_labels`): "
+                        + ", ".join(f"{n} of the {split} table" for split, n in unlabelled.items()) + ".\n")
     return f"""# Model card
 
 Shipped model: `{metrics['final_model']}` ({shipped_why(metrics)}), evaluated on
@@ -180,6 +184,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "by_model": by_model,
         "missing_values": missing_values(read_split(root / paths.VALIDATED, "train"), encoder),
         "rare_classes_dropped": read_json(root / paths.RAW / "meta.json").get("rare_classes_dropped") or {},
+        "unlabelled_rows_dropped": read_json(root / paths.RAW / "meta.json").get("unlabelled_rows_dropped") or {},
         "columns_left_out": read_json(root / paths.metrics("validate")).get("columns_left_out") or {},
     }
     issues = pd.read_parquet(root / paths.ISSUES)

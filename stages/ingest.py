@@ -38,6 +38,18 @@ def _load(source: str, label: str, key: str) -> pd.DataFrame:
     return frame
 
 
+def unlabelled_dropped(frame: pd.DataFrame, d: DataParams, source: str, key: str) -> tuple[pd.DataFrame, int]:
+    """(the rows that have a label, how many had none); with data.missing_labels=refuse validate refuses them."""
+    missing = frame[d.label].isna()
+    if d.missing_labels == "refuse" or not missing.any():
+        return frame, 0
+    if missing.all():
+        raise StageError(f"{key}: column '{d.label}' in {source} has no labels (every value is missing).")
+    print(f"tamis ingest: warning: {int(missing.sum())} of {len(frame)} row(s) of {source} have no value in the label "
+          f"column '{d.label}' and are left out (data.missing_labels=refuse stops instead).", file=sys.stderr)
+    return frame[~missing], int(missing.sum())
+
+
 def checked_labels(frames: list[pd.DataFrame], d: DataParams) -> list[pd.DataFrame]:
     """Refuse a label column that is no class label, or whose classes are spelt several ways (or fold them)."""
     where = " and ".join(s for s in (d.train, d.test) if s)
@@ -149,9 +161,11 @@ def apply_fixes(parts: dict[str, pd.DataFrame], label: str, fixes: pd.DataFrame)
 
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     d = params.data
-    frame = _load(d.train, d.label, "data.train")
+    frame, unlabelled = unlabelled_dropped(_load(d.train, d.label, "data.train"), d, d.train, "data.train")
+    unlabelled = {"train": unlabelled}
     if d.test:
-        frame, test = checked_labels([frame, _load(d.test, d.label, "data.test")], d)
+        test, unlabelled["test"] = unlabelled_dropped(_load(d.test, d.label, "data.test"), d, d.test, "data.test")
+        frame, test = checked_labels([frame, test], d)
         rest, calib_share = frame, d.calib_size
     else:
         (frame,) = checked_labels([frame], d)
@@ -190,6 +204,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "injected_noise": None if d.inject_noise is None else injected,
         "label_fixes": {"fixes": len(fixes), "md5": review.fixes_digest(root), **fixed},
         "rare_classes_dropped": {label_key(c): n for c, n in rare.items()},
+        "unlabelled_rows_dropped": unlabelled,
     }
     import mlflow
 

@@ -54,6 +54,9 @@ class DataParams(Section):
     rare_classes: Literal["drop", "refuse"] = "drop"
     """A class with fewer training rows than audit.folds, or no calibration row, cannot be learned and checked:
     drop its rows (said in a warning, ingest's metrics and the model card), or refuse the table."""
+    missing_labels: Literal["drop", "refuse"] = "drop"
+    """A row with no label can be neither learned from nor scored: leave it out (said in a warning, ingest's
+    metrics and the model card), or refuse the table."""
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     calib_size: float = Field(0.15, gt=0.0, lt=1.0)
     numeric: list[str] | None = None

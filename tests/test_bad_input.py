@@ -92,6 +92,8 @@ def write_input(case: str, tmp_path: Path) -> list[str]:
         return [f"data.train={bad}", f"data.test={tmp_path / 'test.csv'}"]
     if case in ("tiny_class", "int_tiny_class"):  # dropped with a warning unless asked to refuse (below)
         return [f"data.train={bad}", "data.rare_classes=refuse"]
+    if case == "label_nulls":  # likewise
+        return [f"data.train={bad}", "data.missing_labels=refuse"]
     return [f"data.train={bad}"]
 
 
@@ -184,6 +186,27 @@ def test_a_semicolon_separated_file_is_read_with_its_separator(good_workspace, t
     assert code == 0, err
     assert "is ';'-separated; read it so" in err
     assert list(pd.read_parquet(repo / "data/raw/train.parquet").columns) == ["row_id", "x1", "x2", "color", "label"]
+
+
+def test_rows_without_a_label_are_left_out_with_a_warning_by_default(good_workspace, tmp_path, monkeypatch, capsys):
+    """2 of 300 rows have no label: they go (warned, in ingest's meta), the rest is ingested and validated."""
+    import json
+
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    bad = tmp_path / "bad.csv"
+    broken(mixed_table(300), "label_nulls").to_csv(bad, index=False)
+    set_params(repo, f"data.train={bad}")
+    code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
+    assert code == 0, err
+    assert re.search(r"warning: 2 of 300 row\(s\) of .*bad\.csv have no value in the label column 'label' and are left out", err)
+    meta = json.loads((repo / "data/raw/meta.json").read_text())
+    assert meta["unlabelled_rows_dropped"] == {"train": 2} and sum(meta["rows"].values()) == 298
+    code, err = stage_cli(repo, "validate", monkeypatch, capsys)
+    assert code == 0, err
+    broken(mixed_table(300), "label_nulls").assign(label=None).to_csv(bad, index=False)
+    code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
+    assert code == 2 and "data.train: column 'label' in" in err and "has no labels (every value is missing)" in err
 
 
 def test_a_class_too_rare_to_learn_is_dropped_with_a_warning_by_default(good_workspace, tmp_path, monkeypatch, capsys):
