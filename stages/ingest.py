@@ -50,6 +50,15 @@ def unlabelled_dropped(frame: pd.DataFrame, d: DataParams, source: str, key: str
     return frame[~missing], int(missing.sum())
 
 
+def without_extra_columns(test: pd.DataFrame, train: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The test table without the columns the training table lacks (no model could use them), with a warning."""
+    extra = [c for c in test.columns if c not in train.columns]
+    if extra:
+        print(f"tamis ingest: warning: column(s) {', '.join(map(repr, extra))} of {source} are not in data.train and"
+              " are ignored.", file=sys.stderr)
+    return test.drop(columns=extra)
+
+
 def checked_labels(frames: list[pd.DataFrame], d: DataParams) -> list[pd.DataFrame]:
     """Refuse a label column that is no class label, or whose classes are spelt several ways (or fold them)."""
     where = " and ".join(s for s in (d.train, d.test) if s)
@@ -165,6 +174,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     unlabelled = {"train": unlabelled}
     if d.test:
         test, unlabelled["test"] = unlabelled_dropped(_load(d.test, d.label, "data.test"), d, d.test, "data.test")
+        test = without_extra_columns(test, frame, d.test)
         frame, test = checked_labels([frame, test], d)
         rest, calib_share = frame, d.calib_size
     else:

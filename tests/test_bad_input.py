@@ -209,6 +209,21 @@ def test_rows_without_a_label_are_left_out_with_a_warning_by_default(good_worksp
     assert code == 2 and "data.train: column 'label' in" in err and "has no labels (every value is missing)" in err
 
 
+def test_a_test_table_in_another_column_order_with_an_extra_column_is_read(good_workspace, tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    mixed_table(300).to_csv(tmp_path / "train.csv", index=False)
+    test = mixed_table(60, seed=1)
+    test[list(reversed(test.columns))].assign(notes="x").to_csv(tmp_path / "test.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'train.csv'}", f"data.test={tmp_path / 'test.csv'}")
+    code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
+    assert code == 0, err
+    assert re.search(r"warning: column\(s\) 'notes' of .*test\.csv are not in data\.train and are ignored", err)
+    code, err = stage_cli(repo, "validate", monkeypatch, capsys)
+    assert code == 0, err
+    assert "notes" not in pd.read_parquet(repo / "data/validated/test.parquet").columns
+
+
 def test_a_class_too_rare_to_learn_is_dropped_with_a_warning_by_default(good_workspace, tmp_path, monkeypatch, capsys):
     """3 rows of class 6 in 300 (fewer training rows than audit.folds): its rows go, the other classes go on."""
     import json
