@@ -62,6 +62,7 @@ def _summary(result: dict, repo: Path) -> str:
             f"  card      {repo / 'reports/model_card.md'}",
             f"  MLflow UI mlflow ui --backend-store-uri {uri}",
             *_shared_line(result),
+            *(f"  warning   {line.split(': warning: ', 1)[1]}" for s in result["stages"] for line in s.get("warnings", [])),
         ]
     )
 

@@ -193,6 +193,10 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
             said = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"tamis {stage}: ")]
             message = said[-1].split(": ", 1)[1] if said else _last_error(proc)
             raise StageFailed(stage, message, bad_input=bool(said))
+    # a stage's warnings (rows or columns left out, a demo setting on real data) reach the terminal and the summary
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"tamis {stage}: warning: ")] if needs_dvc else []
+    for line in warnings:
+        logger.warning("%s", line)
     executed = client.get_run(child).data.tags.get(tracking.EXECUTED_TAG) == "true"
     restored = needs_dvc and "is cached - skipping run" in proc.stdout + proc.stderr  # from the run-cache
     tags = {f"dvc.dep.{path}": md5 for path, md5 in dvcfiles.lock_hashes(stage, root).items()}
@@ -205,7 +209,7 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
     seconds = time.perf_counter() - start
     how = "ran" if executed else "restored from the shared DVC cache" if restored else "unchanged, skipped"
     logger.info("%s: %s in %.1fs", stage, how, seconds)
-    return {"stage": stage, "executed": executed, "restored": restored, "seconds": seconds}
+    return {"stage": stage, "executed": executed, "restored": restored, "seconds": seconds, "warnings": warnings}
 
 
 def log_batch(client, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None) -> None:

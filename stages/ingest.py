@@ -16,6 +16,7 @@ is given.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ def _load(source: str, label: str, key: str) -> pd.DataFrame:
     if label not in frame.columns:
         shown = ", ".join(list(frame.columns)[:8]) + (", ..." if frame.shape[1] > 8 else "")
         raise StageError(f"data.label: column '{label}' is not in {source} (its columns: {shown}).")
+    index = [c for c in frame.columns if c != label and re.fullmatch(r"Unnamed: \d+", str(c))]
+    if index:  # what pandas names the row index that DataFrame.to_csv() writes: a row number, not a feature
+        print(f"tamis ingest: warning: column(s) {', '.join(map(repr, index))} of {source} look like a written row index"
+              " (pandas' to_csv) and are ignored.", file=sys.stderr)
+        frame = frame.drop(columns=index)
     frame.insert(0, ROW_ID, np.arange(len(frame), dtype=np.int64))
     return frame
 

@@ -214,14 +214,16 @@ def test_a_test_table_in_another_column_order_with_an_extra_column_is_read(good_
     shutil.copytree(good_workspace, repo, symlinks=True)
     mixed_table(300).to_csv(tmp_path / "train.csv", index=False)
     test = mixed_table(60, seed=1)
-    test[list(reversed(test.columns))].assign(notes="x").to_csv(tmp_path / "test.csv", index=False)
+    test[list(reversed(test.columns))].assign(notes="x").to_csv(tmp_path / "test.csv")  # with pandas' index column
     set_params(repo, f"data.train={tmp_path / 'train.csv'}", f"data.test={tmp_path / 'test.csv'}")
     code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
     assert code == 0, err
     assert re.search(r"warning: column\(s\) 'notes' of .*test\.csv are not in data\.train and are ignored", err)
+    assert re.search(r"warning: column\(s\) 'Unnamed: 0' of .*test\.csv look like a written row index", err)
     code, err = stage_cli(repo, "validate", monkeypatch, capsys)
     assert code == 0, err
-    assert "notes" not in pd.read_parquet(repo / "data/validated/test.parquet").columns
+    columns = pd.read_parquet(repo / "data/validated/test.parquet").columns
+    assert "notes" not in columns and "Unnamed: 0" not in columns
 
 
 def test_a_class_too_rare_to_learn_is_dropped_with_a_warning_by_default(good_workspace, tmp_path, monkeypatch, capsys):

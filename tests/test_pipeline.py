@@ -415,6 +415,7 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "registered 'tamis-my-label' v1" in proc.stdout, proc.stdout[-2000:]
     assert "no noise injected" in proc.stdout
+    assert re.search(r"^  warning   1 class\(es\) too rare to learn and check", proc.stdout, re.M), proc.stdout[-2000:]
     card = (repo / "reports/model_card.md").read_text()
     assert "Classes too rare to learn and check" in card and "c_rare (3 row(s)" in card, card[:1500]
     assert not (yaml.safe_load((repo / "params.yaml").read_text())["data"]["inject_noise"])
