@@ -53,7 +53,11 @@ def unlabelled_dropped(frame: pd.DataFrame, d: DataParams, source: str, key: str
         raise StageError(f"{key}: column '{d.label}' in {source} has no labels (every value is missing).")
     print(f"tamis ingest: warning: {int(missing.sum())} of {len(frame)} row(s) of {source} have no value in the label "
           f"column '{d.label}' and are left out (data.missing_labels=refuse stops instead).", file=sys.stderr)
-    return frame[~missing], int(missing.sum())
+    kept = frame[~missing].copy()
+    labels = kept[d.label]
+    if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():  # pandas read 1, 2, NaN as floats
+        kept[d.label] = labels.astype(np.int64)
+    return kept, int(missing.sum())
 
 
 def without_extra_columns(test: pd.DataFrame, train: pd.DataFrame, source: str) -> pd.DataFrame:

@@ -204,6 +204,13 @@ def test_rows_without_a_label_are_left_out_with_a_warning_by_default(good_worksp
     assert meta["unlabelled_rows_dropped"] == {"train": 2} and sum(meta["rows"].values()) == 298
     code, err = stage_cli(repo, "validate", monkeypatch, capsys)
     assert code == 0, err
+    table = mixed_table(300)
+    table["label"] = table["label"].str[1:].astype(float)  # integer classes; a missing one makes pandas read floats
+    table.loc[[3, 50], "label"] = None
+    table.to_csv(bad, index=False)
+    code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
+    assert code == 0, err
+    assert pd.read_parquet(repo / "data/raw/train.parquet")["label"].dtype == "int64"  # 1, not 1.0
     broken(mixed_table(300), "label_nulls").assign(label=None).to_csv(bad, index=False)
     code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
     assert code == 2 and "data.train: column 'label' in" in err and "has no labels (every value is missing)" in err
