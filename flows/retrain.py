@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.exceptions import TerminationSignal
 
 from tamis import drift, dvcfiles, lock, paths, processes, tracking
+from tamis.contract import warning_prefix
 from tamis.errors import StageError
 from tamis.config import (
     Params,
@@ -194,7 +195,7 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
             message = said[-1].split(": ", 1)[1] if said else _last_error(proc)
             raise StageFailed(stage, message, bad_input=bool(said))
     # a stage's warnings (rows or columns left out, a demo setting on real data) reach the terminal and the summary
-    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"tamis {stage}: warning: ")] if needs_dvc else []
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith(warning_prefix(stage))] if needs_dvc else []
     for line in warnings:
         logger.warning("%s", line)
     executed = client.get_run(child).data.tags.get(tracking.EXECUTED_TAG) == "true"

@@ -36,7 +36,6 @@ The pieces (pruning, export, quantisation, timing, the gate) live in
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,7 @@ from tamis.compression import (
     smooth_scales,
 )
 from tamis.config import CompressParams, Params
-from tamis.contract import Outputs, StageError, read_json, stage_main
+from tamis.contract import Outputs, StageError, read_json, stage_main, warn
 from tamis.data import calibration_rows, read_split
 from tamis.metrics import ECE_BINS, classification, noise_corrected_ece
 from tamis.nets import MLP, Table, load_model, logits_of, param_count, resolve_device, seed_everything, torch_threads
@@ -289,7 +288,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
                 "no student variant passed the gate; shipping the calibrated teacher (teacher.fp32)"
                 + ("" if passed else f", which fails it too ({'; '.join(shipped['gate']['failures'])})")
             )
-            print(f"tamis compress: warning: {metrics['gate']['warning']}", file=sys.stderr)
+            warn("compress", metrics["gate"]["warning"])
         out.write_json(paths.SERVING, {**serving, "model": shipped["file"]})
         out.write_json(paths.metrics("compress"), metrics)
         tracking.log_metrics(metrics)

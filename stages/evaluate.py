@@ -108,6 +108,10 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
     if left_out:
         filled_txt += "\n\nLeft out of the features, missing in more than `validate.max_null_fraction` of the training rows: " + \
             ", ".join(f"{c} ({share:.0%} missing)" for c, share in left_out.items()) + "."
+    ids = metrics.get("identifiers_left_out") or {}
+    if ids:
+        filled_txt += "\n\nLeft out of the features as identifiers, naming rows rather than describing them " \
+            "(`validate.identifiers`): " + ", ".join(f"{c} ({why})" for c, why in ids.items()) + "."
     dropped = metrics.get("rare_classes_dropped") or {}
     dropped_txt = (
         "\nClasses too rare to learn and check (fewer training rows than `audit.folds`, or no calibration row) were "
@@ -173,6 +177,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "final": (root / paths.MODELS / serving["model"]).stat().st_size,
     }
     by_model = {name: {**classification(p, y, bins), "size_bytes": sizes[name]} for name, p in probs.items()}
+    meta = read_json(root / paths.RAW / "meta.json")
+    validated = read_json(root / paths.metrics("validate"))
     metrics: dict[str, Any] = {
         "accuracy": by_model["final"]["accuracy"],
         "macro_f1": by_model["final"]["macro_f1"],
@@ -183,9 +189,10 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "classes": [str(c) for c in encoder.classes],
         "by_model": by_model,
         "missing_values": missing_values(read_split(root / paths.VALIDATED, "train"), encoder),
-        "rare_classes_dropped": read_json(root / paths.RAW / "meta.json").get("rare_classes_dropped") or {},
-        "unlabelled_rows_dropped": read_json(root / paths.RAW / "meta.json").get("unlabelled_rows_dropped") or {},
-        "columns_left_out": read_json(root / paths.metrics("validate")).get("columns_left_out") or {},
+        "rare_classes_dropped": meta.get("rare_classes_dropped") or {},
+        "unlabelled_rows_dropped": meta.get("unlabelled_rows_dropped") or {},
+        "columns_left_out": validated.get("columns_left_out") or {},
+        "identifiers_left_out": validated.get("identifiers_left_out") or {},
     }
     issues = pd.read_parquet(root / paths.ISSUES)
     audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))

@@ -17,7 +17,6 @@ is given.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import pandas as pd
 
 from tamis import paths, review, tracking
 from tamis.config import DataParams, NoiseParams, Params
-from tamis.contract import Outputs, StageError, dumps, stage_main
+from tamis.contract import Outputs, StageError, dumps, stage_main, warn
 from tamis.data import ROW_ID, fold_labels, label_key, label_spellings, load_source, looks_like_id, shown, split_frame
 
 
@@ -37,8 +36,8 @@ def _load(source: str, label: str, key: str) -> pd.DataFrame:
         raise StageError(f"data.label: column '{label}' is not in {source} (its columns: {shown}).")
     index = [c for c in frame.columns if c != label and re.fullmatch(r"Unnamed: \d+", str(c))]
     if index:  # what pandas names the row index that DataFrame.to_csv() writes: a row number, not a feature
-        print(f"tamis ingest: warning: column(s) {', '.join(map(repr, index))} of {source} look like a written row index"
-              " (pandas' to_csv) and are ignored.", file=sys.stderr)
+        warn("ingest", f"column(s) {', '.join(map(repr, index))} of {source} look like a written row index"
+             " (pandas' to_csv) and are ignored.")
         frame = frame.drop(columns=index)
     frame.insert(0, ROW_ID, np.arange(len(frame), dtype=np.int64))
     return frame
@@ -51,8 +50,8 @@ def unlabelled_dropped(frame: pd.DataFrame, d: DataParams, source: str, key: str
         return frame, 0
     if missing.all():
         raise StageError(f"{key}: column '{d.label}' in {source} has no labels (every value is missing).")
-    print(f"tamis ingest: warning: {int(missing.sum())} of {len(frame)} row(s) of {source} have no value in the label "
-          f"column '{d.label}' and are left out (data.missing_labels=refuse stops instead).", file=sys.stderr)
+    warn("ingest", f"{int(missing.sum())} of {len(frame)} row(s) of {source} have no value in the label "
+         f"column '{d.label}' and are left out (data.missing_labels=refuse stops instead).")
     kept = frame[~missing].copy()
     labels = kept[d.label]
     if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():  # pandas read 1, 2, NaN as floats
@@ -64,8 +63,7 @@ def without_extra_columns(test: pd.DataFrame, train: pd.DataFrame, source: str) 
     """The test table without the columns the training table lacks (no model could use them), with a warning."""
     extra = [c for c in test.columns if c not in train.columns]
     if extra:
-        print(f"tamis ingest: warning: column(s) {', '.join(map(repr, extra))} of {source} are not in data.train and"
-              " are ignored.", file=sys.stderr)
+        warn("ingest", f"column(s) {', '.join(map(repr, extra))} of {source} are not in data.train and are ignored.")
     return test.drop(columns=extra)
 
 
@@ -196,11 +194,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     if d.inject_noise is not None:
         train, truth = inject_noise(train, d.label, d.inject_noise)
         if not d.train.startswith("sklearn:"):  # a demo setting on real data: say so, every time
-            print(
-                f"tamis ingest: warning: data.inject_noise flips {d.inject_noise.rate:.0%} of the training labels of "
-                f"{d.train} (a demo setting); set data.inject_noise=null for real data.",
-                file=sys.stderr,
-            )
+            warn("ingest", f"data.inject_noise flips {d.inject_noise.rate:.0%} of the training labels of "
+                 f"{d.train} (a demo setting); set data.inject_noise=null for real data.")
     injected = int(truth["flipped"].sum())
     fixes = review.read_fixes(root)
     train, calib, test, fixed = apply_fixes({"train": train, "calib": calib, "test": test}, d.label, fixes)
@@ -210,9 +205,9 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         train, calib, test = keep(train), keep(calib), keep(test)
         truth = truth[truth[ROW_ID].isin(train[ROW_ID])]
         listed = ", ".join(f"{shown(c)} ({sum(n.values())} row(s))" for c, n in rare.items())
-        print(f"tamis ingest: warning: {len(rare)} class(es) too rare to learn and check, their rows left out: {listed}; "
-              f"a class needs audit.folds={params.audit.folds} training rows and a calibration row "
-              "(data.rare_classes=refuse stops instead).", file=sys.stderr)
+        warn("ingest", f"{len(rare)} class(es) too rare to learn and check, their rows left out: {listed}; "
+             f"a class needs audit.folds={params.audit.folds} training rows and a calibration row "
+             "(data.rare_classes=refuse stops instead).")
     if not truth.empty:  # the labels the pipeline is given now: fixes set some, dropped rows are gone
         given = train.set_index(ROW_ID)[d.label]
         truth = truth[truth[ROW_ID].isin(given.index)].copy()

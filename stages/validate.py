@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,8 @@ import pandas as pd
 
 from tamis import drift, paths, registry, reports, tracking
 from tamis.config import Params
-from tamis.contract import Outputs, StageError, dumps, read_json, stage_main
-from tamis.data import ROW_ID, SPLITS, Schema, feature_columns, read_split, shown
+from tamis.contract import Outputs, StageError, dumps, read_json, stage_main, warn
+from tamis.data import MAX_ID_LIKE_CLASSES, ROW_ID, SPLITS, Schema, feature_columns, looks_like_id, read_split, shown
 
 NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 
@@ -47,6 +46,29 @@ def mostly_missing(train: pd.DataFrame, params: Params) -> dict[str, float]:
     listed = set(d.numeric or []) | set(d.categorical or [])
     shares = train[[c for c in feature_columns(train, d.label) if c not in listed]].isna().mean()
     return {str(c): float(share) for c, share in shares.items() if share > v.max_null_fraction}
+
+
+def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str, str]:
+    """Feature columns (not listed by the user) that name a row instead of describing it, with why, when
+    ``validate.identifiers`` is drop: text with a new value in most rows (ids, names, free text) and whole numbers
+    that count the rows (1..n in some order). ``rows`` is every row of data.train (the train and calib splits,
+    and test when carved from it).
+
+    A model learns nothing that carries over from them: an unseen text value is the "unseen" code at test time,
+    and a row number only separates the rows a table happens to be sorted by (often the class)."""
+    d = params.data
+    if params.validate_.identifiers != "drop" or len(rows) <= MAX_ID_LIKE_CLASSES:
+        return {}
+    listed = set(d.numeric or []) | set(d.categorical or [])
+    found = {}
+    for col in [c for c in rows.columns if c in schema.features and c not in listed]:  # in the table's order
+        s = rows[col]
+        if col in schema.categorical and looks_like_id(s):
+            found[col] = f"{s.nunique()} distinct values in {s.notna().sum()} rows"
+        elif (col in schema.numeric and pd.api.types.is_integer_dtype(s) and not s.isna().any() and s.is_unique
+              and int(s.max()) - int(s.min()) + 1 == len(s)):
+            found[col] = f"the whole numbers {int(s.min())}..{int(s.max())}, one per row"
+    return found
 
 
 def infer_schema(train: pd.DataFrame, params: Params) -> Schema:
@@ -297,12 +319,21 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     sources["test"] = meta["source"]["test"] or meta["source"]["train"]
     left_out = mostly_missing(frames["train"], params)
     if left_out:
-        print(f"tamis validate: warning: column(s) {', '.join(f'{c!r} ({share:.0%} missing)' for c, share in left_out.items())}"
-              f" missing in more than validate.max_null_fraction={params.validate_.max_null_fraction:g} of the training rows:"
-              " left out of the features (validate.mostly_missing=refuse stops instead).", file=sys.stderr)
+        warn("validate", f"column(s) {', '.join(f'{c!r} ({share:.0%} missing)' for c, share in left_out.items())}"
+             f" missing in more than validate.max_null_fraction={params.validate_.max_null_fraction:g} of the training rows:"
+             " left out of the features (validate.mostly_missing=refuse stops instead).")
     frames = {s: f.drop(columns=[c for c in left_out if c in f.columns]) for s, f in frames.items()}
     schema = infer_schema(frames["train"], params)
-    report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}, "columns_left_out": left_out}
+    same_source = ["train", "calib"] + ([] if meta["source"]["test"] else ["test"])
+    ids = identifiers(pd.concat([frames[s] for s in same_source], ignore_index=True), schema, params)
+    if ids:
+        warn("validate", f"column(s) {', '.join(f'{c!r} ({why})' for c, why in ids.items())} look like identifiers,"
+             " not features: left out (validate.identifiers=keep, or listing them in data.categorical / data.numeric,"
+             " keeps them).")
+        frames = {s: f.drop(columns=[c for c in ids if c in f.columns]) for s, f in frames.items()}
+        schema = infer_schema(frames["train"], params)
+    report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}, "columns_left_out": left_out,
+                              "identifiers_left_out": ids}
     failures: list[str] = []
     with tracking.stage_run("validate", params, root):
         import mlflow
@@ -323,6 +354,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "categorical_columns": len(schema.categorical),
             "failures": len(failures),
             "columns_left_out": left_out,
+            "identifiers_left_out": ids,
         }
         if failures:
             mlflow.log_dict(report, "validation.json")
@@ -343,7 +375,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             print("tamis validate: no accepted data yet for this model line: first run, accepted without a drift check.")
         for f in findings:
             if f.verdict == "warn":
-                print(f"tamis validate (warning): drift: {f.sentence()}", file=sys.stderr)
+                warn("validate", f"drift: {f.sentence()}")
         stops = [f for f in findings if f.verdict == "stop"]
         if stops:
             more = f"; {len(stops) - 1} more stop(s)" if len(stops) > 1 else ""

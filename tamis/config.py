@@ -8,7 +8,6 @@ default.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +110,10 @@ class ValidateParams(Section):
     mostly_missing: Literal["drop", "refuse"] = "drop"
     """A feature column missing in more than max_null_fraction of the training rows (not listed in data.numeric /
     data.categorical): leave it out of the features with a warning, or refuse the table."""
+    identifiers: Literal["drop", "keep"] = "drop"
+    """A feature column (not listed in data.numeric / data.categorical) that names rows instead of describing them:
+    text with a new value in most rows (ids, names, free text) or whole numbers counting the rows. drop leaves it
+    out with a warning (a model would learn the rows, not the classes); keep uses it as any other column."""
     drift: DriftParams = DriftParams()
 
 

@@ -227,6 +227,16 @@ def restore_outputs(stage: str, root: str | Path = ".") -> list[str]:
     return sorted(found)
 
 
+def warning_prefix(stage: str) -> str:
+    """How a stage's warning line starts; ``tamis run`` finds them by it and repeats them in its summary."""
+    return f"tamis {stage}: warning: "
+
+
+def warn(stage: str, message: str) -> None:
+    """Something left out or a demo setting on real data: one line on stderr, the run goes on."""
+    print(warning_prefix(stage) + message, file=sys.stderr)
+
+
 def stage_main(name: str, run: Callable[..., dict]) -> None:
     """``python -m stages.<name>``: load params.yaml, run, one clear line on bad input.
 

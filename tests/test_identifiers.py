@@ -1,0 +1,57 @@
+"""Columns that name rows (ids, names, row numbers) are left out of the features: a model would learn the rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from conftest import mixed_table, run_stage, set_params
+
+from flows import workspace
+from stages.validate import identifiers, infer_schema
+from tamis.config import Params
+
+
+def with_ids(n: int = 300) -> pd.DataFrame:
+    """A table sorted by class, numbered 1..n, with a customer id, as exports often are."""
+    frame = mixed_table(n).sort_values("label", kind="stable").reset_index(drop=True)
+    frame.insert(0, "customer", [f"C{7 * i + 1000:05d}" for i in range(n)])
+    frame.insert(0, "row", np.arange(1, n + 1))
+    frame["age"] = np.random.default_rng(1).integers(18, 90, n)  # whole numbers, many repeats: a feature
+    return frame
+
+
+def test_identifiers_are_text_new_in_most_rows_and_whole_numbers_counting_the_rows():
+    frame = with_ids()
+    params = Params()
+    params.data.label = "label"
+    schema = infer_schema(frame, params)
+    found = identifiers(frame, schema, params)
+    assert set(found) == {"row", "customer"}
+    assert found["row"] == "the whole numbers 1..300, one per row" and found["customer"].startswith("300 distinct values")
+    shuffled = frame.sample(frac=1.0, random_state=0).iloc[:250]  # one split of the rows: no longer 1..n
+    assert set(identifiers(shuffled, infer_schema(shuffled, params), params)) == {"customer"}
+    params.data.categorical = ["customer"]  # the user says it is a category: kept
+    assert set(identifiers(frame, infer_schema(frame, params), params)) == {"row"}
+    params.validate_.identifiers = "keep"
+    assert identifiers(frame, infer_schema(frame, params), params) == {}
+
+
+def test_validate_leaves_identifiers_out_with_a_warning_and_keep_keeps_them(tmp_path):
+    repo = workspace.create(tmp_path / "repo")
+    with_ids().to_csv(tmp_path / "export.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'export.csv'}", "data.inject_noise=null")
+    assert run_stage(repo, "ingest").returncode == 0
+    proc = run_stage(repo, "validate")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tamis validate: warning: column(s) 'row' (the whole numbers 1..300, one per row), 'customer' (" in proc.stderr
+    schema = json.loads((repo / "data/validated/schema.json").read_text())
+    assert set(schema["numeric"] + schema["categorical"]) == {"x1", "x2", "color", "age"}
+    assert set(pd.read_parquet(repo / "data/validated/test.parquet").columns) >= {"x1", "age"}
+    assert set(json.loads((repo / "metrics/validate.json").read_text())["identifiers_left_out"]) == {"row", "customer"}
+
+    set_params(repo, "validate.identifiers=keep")
+    assert run_stage(repo, "validate").returncode == 0
+    schema = json.loads((repo / "data/validated/schema.json").read_text())
+    assert {"row", "customer"} <= set(schema["numeric"] + schema["categorical"])
