@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -47,6 +48,26 @@ class StageFailed(RuntimeError):
     def __init__(self, stage: str, message: str, bad_input: bool):
         super().__init__(f"stage '{stage}' failed: {message}")
         self.stage, self.message, self.bad_input = stage, message, bad_input
+
+
+class _NoTracebackForBadInput(logging.Filter):
+    """Prefect logs a failed task and flow with the exception's traceback; for bad input (a stage's one sentence)
+    that is ~40 lines of tamis internals above the sentence, so the record keeps its line and loses the traceback.
+    A crash keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, StageError) or getattr(exc, "bad_input", False):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_bad_input() -> None:
+    """Install the filter on Prefect's run loggers, once (a scheduled ``tamis serve`` runs the flow again)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForBadInput) for f in logger.filters):
+            logger.addFilter(_NoTracebackForBadInput())
 
 
 def stage_names(repo: Path) -> list[str]:
@@ -282,6 +303,7 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
     record the same values, and a failed run puts params.yaml back as it was.
     """
     root = Path(repo).resolve()
+    quiet_bad_input()
     with claim(root):
         before = (root / "params.yaml").read_bytes()
         try:

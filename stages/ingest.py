@@ -154,11 +154,12 @@ def inject_noise(train: pd.DataFrame, label: str, noise: NoiseParams) -> tuple[p
 
 def rare_classes(train: pd.DataFrame, calib: pd.DataFrame, test: pd.DataFrame, label: str, folds: int) -> dict[Any, dict[str, int]]:
     """Classes the audit cannot cross-validate (fewer than ``folds`` training rows) or calibrate (no calib row),
-    with their rows per split; kept only if at least two classes would remain."""
+    with their rows per split, a class only data.test has among them; kept only if at least two classes would
+    remain."""
     counts = {name: part[label].dropna().map(label_key).value_counts() for name, part in
               (("train", train), ("calib", calib), ("test", test))}
     first = {label_key(v): v for v in pd.concat([train[label], calib[label], test[label]]).dropna()}
-    rare = {key: {name: int(c.get(key, 0)) for name, c in counts.items()} for key in counts["train"].index.union(counts["calib"].index)
+    rare = {key: {name: int(c.get(key, 0)) for name, c in counts.items()} for key in counts["train"].index.union(counts["calib"].index).union(counts["test"].index)
             if counts["train"].get(key, 0) < folds or counts["calib"].get(key, 0) < 1}
     if len(first) - len(rare) < 2:
         return {}  # nothing learnable would be left: validate says why

@@ -51,8 +51,8 @@ class DataParams(Section):
     normalize_labels: bool = False
     """Fold labels that differ only by case or surrounding spaces into their most frequent spelling."""
     rare_classes: Literal["drop", "refuse"] = "drop"
-    """A class with fewer training rows than audit.folds, or no calibration row, cannot be learned and checked:
-    drop its rows (said in a warning, ingest's metrics and the model card), or refuse the table."""
+    """A class with fewer training rows than audit.folds, or no calibration row (a class only data.test has, too),
+    cannot be learned and checked: drop its rows (said in a warning, ingest's metrics and the model card), or refuse the table."""
     missing_labels: Literal["drop", "refuse"] = "drop"
     """A row with no label can be neither learned from nor scored: leave it out (said in a warning, ingest's
     metrics and the model card), or refuse the table."""

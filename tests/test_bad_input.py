@@ -89,7 +89,7 @@ def write_input(case: str, tmp_path: Path) -> list[str]:
         test = mixed_table(60, seed=1)
         test.loc[4, "label"] = "c9"
         test.to_csv(tmp_path / "test.csv", index=False)
-        return [f"data.train={bad}", f"data.test={tmp_path / 'test.csv'}"]
+        return [f"data.train={bad}", f"data.test={tmp_path / 'test.csv'}", "data.rare_classes=refuse"]
     if case in ("tiny_class", "int_tiny_class"):  # dropped with a warning unless asked to refuse (below)
         return [f"data.train={bad}", "data.rare_classes=refuse"]
     if case == "label_nulls":  # likewise
@@ -253,3 +253,38 @@ def test_a_class_too_rare_to_learn_is_dropped_with_a_warning_by_default(good_wor
     assert code == 0, err
     labels = pd.concat(pd.read_parquet(repo / f"data/validated/{s}.parquet")["label"] for s in ("train", "calib", "test"))
     assert sorted(labels.unique()) == [0, 1, 2]
+
+
+def test_a_test_class_the_training_table_lacks_is_dropped_with_a_warning_by_default(good_workspace, tmp_path, monkeypatch, capsys):
+    """No model can predict a class it never saw: its test rows go, as a class too rare to learn does."""
+    import json
+
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    set_params(repo, *write_input("stray_test_label", tmp_path)[:2])
+    code, err = stage_cli(repo, "ingest", monkeypatch, capsys)
+    assert code == 0, err
+    assert re.search(r"warning: 1 class\(es\) too rare to learn and check, their rows left out: 'c9' \(1 row\(s\)\)", err), err
+    assert json.loads((repo / "data/raw/meta.json").read_text())["rare_classes_dropped"] == {"c9": {"train": 0, "calib": 0, "test": 1}}
+    code, err = stage_cli(repo, "validate", monkeypatch, capsys)
+    assert code == 0, err
+    assert len(pd.read_parquet(repo / "data/validated/test.parquet")) == 59
+
+
+def test_tamis_run_on_bad_input_says_one_sentence_without_prefects_traceback(tmp_path):
+    """Prefect logs a failed flow with its traceback: ~40 lines of tamis internals above the one sentence."""
+    import subprocess
+    import sys
+
+    repo = workspace.create(tmp_path / "repo")
+    mixed_table(200).to_csv(tmp_path / "t.csv", index=False)
+    params = (repo / "params.yaml").read_text()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--repo", str(repo), "--set", f"data.train={tmp_path / 't.csv'}",
+         "--set", "data.label=nope"], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tamis: stage 'ingest' failed: data.label: column 'nope' is not in {tmp_path / 't.csv'} (its columns: x1, x2, color, label).")
+    assert "Traceback" not in proc.stderr and "Encountered exception during execution" in proc.stderr  # the line stays
+    assert (repo / "params.yaml").read_text() == params
