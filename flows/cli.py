@@ -27,14 +27,44 @@ def _absolute_paths(overrides: list[str]) -> list[str]:
     return out
 
 
+def _moved_train(overrides: list[str], raw: dict) -> str | None:
+    """The new ``data.train`` when this command points it at other data than params.yaml holds, else None."""
+    current = (raw.get("data") or {}).get("train")
+    moved = [v.strip() for k, _, v in (item.partition("=") for item in overrides) if k.strip() == "data.train"]
+    return moved[-1] if moved and moved[-1] != current else None
+
+
 def without_inherited_noise(overrides: list[str], raw: dict) -> list[str]:
     """Demo label noise is for the demo: pointing ``data.train`` at other data switches it off unless asked for."""
     keys = {item.partition("=")[0].strip() for item in overrides}
-    current = (raw.get("data") or {}).get("train")
-    moved = any(item.partition("=")[0].strip() == "data.train" and item.partition("=")[2].strip() != current for item in overrides)
-    if moved and not any(k == "data.inject_noise" or k.startswith("data.inject_noise.") for k in keys):
+    if _moved_train(overrides, raw) and not any(k == "data.inject_noise" or k.startswith("data.inject_noise.") for k in keys):
         return overrides + ["data.inject_noise=null"]
     return overrides
+
+
+def without_inherited_test(overrides: list[str], raw: dict) -> list[str]:
+    """A ``data.test`` an earlier run left in params.yaml belongs to that run's table: when this command points
+    ``data.train`` at a table whose columns (or label) it lacks, the test split is carved out of the new table
+    instead, with a note. A test table that fits is kept (a scheduled retrain on new data, one fixed test set)."""
+    from tamis.data import column_names
+
+    train = _moved_train(overrides, raw)
+    data = raw.get("data") or {}
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    if not train or not data.get("test") or "data.test" in keys:
+        return overrides
+    label = next((v.strip() for k, _, v in (i.partition("=") for i in reversed(overrides)) if k.strip() == "data.label"),
+                 data.get("label") or "label")
+    train_columns, test_columns = column_names(train, label), column_names(data["test"], label)
+    if train_columns is None or test_columns is None:
+        return overrides  # unreadable: ingest names the file and the problem
+    lacks = [c for c in train_columns if c not in test_columns and not c.startswith("Unnamed: ")]
+    if not lacks:
+        return overrides
+    print(f"tamis: note: data.test ({data['test']}, from an earlier run) lacks column(s) {', '.join(map(repr, lacks[:5]))}"
+          f" of the new data.train, so it is not this table's test set: the test split is carved out of {train}"
+          " (set data.test to use a test table).", file=sys.stderr)
+    return overrides + ["data.test=null"]
 
 
 def _noise_line(result: dict) -> str:
@@ -171,7 +201,8 @@ def _run(args: argparse.Namespace, repo: Path, server) -> int:
     from tamis.config import apply_overrides, parse_params, read_raw
 
     try:
-        overrides = without_inherited_noise(_absolute_paths(args.overrides), read_raw(repo / "params.yaml"))
+        raw = read_raw(repo / "params.yaml")
+        overrides = without_inherited_test(without_inherited_noise(_absolute_paths(args.overrides), raw), raw)
         # a typo in --set is refused here, before the flow runs or params.yaml is touched
         params = parse_params(apply_overrides(read_raw(repo / "params.yaml"), overrides), "params.yaml with --set overrides")
         if args.command == "serve":

@@ -65,7 +65,24 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
     return frame
 
 
-def csv_separator(path: Path, source: str, key: str) -> str:
+def column_names(source: str, label: str) -> list[str] | None:
+    """A table's column names from its header alone; None when it cannot be read (the stages then say why)."""
+    try:
+        if source.startswith("sklearn:"):
+            return list(load_source(source, label).columns)
+        path = input_file(source, "data")
+        if path.suffix.lower() in (".csv", ".txt"):
+            return [str(c) for c in pd.read_csv(path, nrows=0, sep=csv_separator(path, source, "data", say=False)).columns]
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return [str(c) for c in pq.read_schema(path).names if not str(c).startswith("__index_level_")]
+    except Exception:
+        return None
+    return None
+
+
+def csv_separator(path: Path, source: str, key: str, say: bool = True) -> str:
     """The CSV's separator, judged from its header: ``,`` unless the one column it would give holds ``;`` or a tab.
 
     The header is also where duplicate column names show (pandas would quietly rename ``x1`` to ``x1.1``).
@@ -80,7 +97,8 @@ def csv_separator(path: Path, source: str, key: str) -> str:
         sep = next((s for s in (";", "\t") if s in header[0]), ",")
         if sep != ",":
             header = next(csv.reader([first], delimiter=sep))
-            print(f"tamis: note: {source} is {'tab' if sep == chr(9) else repr(sep)}-separated; read it so.", file=sys.stderr)
+            if say:
+                print(f"tamis: note: {source} is {'tab' if sep == chr(9) else repr(sep)}-separated; read it so.", file=sys.stderr)
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
         raise StageError(
