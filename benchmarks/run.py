@@ -24,6 +24,7 @@ SECTIONS = [
     ("audit_quality", "Audit: label-issue detection against cleanlab's CleanLearning, and its cost"),
     ("train_quality", "Teacher: noise-robust training and balancing against the peers, and throughput"),
     ("calibration_noise", "Calibration when the calibration labels are noisy too"),
+    ("temperature_prior", "Temperature scaling on small calibration splits"),
     ("compress_quality", "Shipped model: size, speed and calibration against the teacher"),
     ("machinery", "Machinery cost: stages, orchestration, re-runs"),
     ("scale", "Scale: time and memory per stage"),

@@ -40,6 +40,11 @@ MAX_ITER = 500  # L-BFGS iterations of the parametric fits (matrix / dirichlet m
 # that is only ever asked for by the noise estimate, and confident learning counts overlapping classes as label noise
 # (diamonds' cut: 0.43 estimated, 0.21 true), so that direction is the estimate's bias, not the model's
 SOFTEN_ONLY = ("temperature", "vector")
+# A temperature is fitted with a Gaussian prior on log T at 0 (the model's own softmax) worth this many calibration
+# rows: on 20-40 rows with one or two wrong answers the likelihood alone sharpens to T ~ 0.1-0.3. Across 60 simulated
+# cells (2-5 class margins, models 0.5-2x as sharp as calibrated, 20-300 rows) 2 rows cut the worst cell's test NLL
+# loss against T=1 from +0.054 to +0.014 and the mean gain from -0.076 to -0.079; at 300 rows it moves T by <1%.
+TEMPERATURE_PRIOR_ROWS = 2.0
 # what ``auto`` tries when the labels are noisy, in order: the maps that cannot sharpen, and the identity. A matrix or
 # Dirichlet map sharpened diamonds from 0.208 to 0.250 test ECE; isotonic / histogram undo the noise through T^-1 and
 # moved titanic's argmax on 15-26% of rows (macro-F1 0.777 -> 0.69). Named explicitly, every method is still fitted.
@@ -163,7 +168,8 @@ def _linear_fit(
             g = p * (dp - (p * dp).sum(axis=1, keepdims=True))  # through the softmax
         gw, gb = g.T @ x, g.sum(axis=0)
         if method == "temperature":
-            return loss, np.array([-np.exp(-theta[0]) * np.trace(gw)])
+            prior = TEMPERATURE_PRIOR_ROWS / n
+            return loss + prior * theta[0] ** 2, np.array([-np.exp(-theta[0]) * np.trace(gw) + 2 * prior * theta[0]])
         loss += odir * (b**2).mean()  # every penalty is a mean of squares, weighted by odir
         gb = gb + 2 * odir * b / k
         if method == "vector":  # scales shrunk towards their mean (temperature scaling)

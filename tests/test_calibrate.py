@@ -91,6 +91,24 @@ def test_a_calib_split_with_no_wrong_prediction_never_sharpens(noisy):
     assert calibration.fit_map("temperature", z, y, settings)["temperature"] < 1.0
 
 
+def test_the_prior_on_log_t_holds_a_tiny_split_back_from_sharpening_and_fades_with_rows(monkeypatch):
+    rng = np.random.default_rng(0)
+    y = np.arange(20) % 4
+    tiny = rng.normal(scale=0.3, size=(20, 4))
+    tiny[np.arange(20), y] += 2.0
+    tiny[0] = 0.0
+    tiny[0, (y[0] + 1) % 4] = 0.5  # 19 right answers and one near miss
+    large = rng.normal(size=(3000, 5))
+    large[np.arange(3000), rng.integers(0, 5, 3000)] += 4.0
+    p = np.exp(large - large.max(1, keepdims=True))
+    drawn = ((p / p.sum(1, keepdims=True)).cumsum(1) > rng.random((3000, 1))).argmax(1)  # calibrated: the right T is 1
+    with_prior = [calibration.fit_map("temperature", *d)["temperature"] for d in ((tiny, y), (large, drawn))]
+    monkeypatch.setattr(calibration, "TEMPERATURE_PRIOR_ROWS", 0.0)
+    alone = [calibration.fit_map("temperature", *d)["temperature"] for d in ((tiny, y), (large, drawn))]
+    assert alone[0] < 0.35 and with_prior[0] > alone[0] + 0.1  # the likelihood alone sharpens on one near miss
+    assert with_prior[1] == pytest.approx(alone[1], rel=0.01) and with_prior[1] == pytest.approx(1.0, abs=0.1)
+
+
 def test_auto_with_noisy_labels_tries_only_maps_that_cannot_sharpen_temperature_first():
     z, _, given, noise = _noisy(600, 0.2, seed=4)
     _, scores, _ = calibration.select("auto", calibration.METHODS, z, given, calibration.Settings(noise=noise))
