@@ -108,6 +108,11 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
     if left_out:
         filled_txt += "\n\nLeft out of the features, missing in more than `validate.max_null_fraction` of the training rows: " + \
             ", ".join(f"{c} ({share:.0%} missing)" for c, share in left_out.items()) + "."
+    not_numbers = metrics.get("non_numbers_as_missing") or {}
+    if not_numbers:
+        filled_txt += "\n\nValues of numeric columns that were not numbers, read as missing and filled " \
+            "(`validate.non_numeric`): " + ", ".join(
+                f"{c} ({n['values']}, such as {', '.join(map(repr, n['examples']))})" for c, n in not_numbers.items()) + "."
     ids = metrics.get("identifiers_left_out") or {}
     if ids:
         filled_txt += "\n\nLeft out of the features as identifiers, naming rows rather than describing them " \
@@ -193,6 +198,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "unlabelled_rows_dropped": meta.get("unlabelled_rows_dropped") or {},
         "columns_left_out": validated.get("columns_left_out") or {},
         "identifiers_left_out": validated.get("identifiers_left_out") or {},
+        "non_numbers_as_missing": validated.get("non_numbers_as_missing") or {},
     }
     issues = pd.read_parquet(root / paths.ISSUES)
     audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))

@@ -51,8 +51,9 @@ def mostly_missing(train: pd.DataFrame, params: Params) -> dict[str, float]:
 def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str, str]:
     """Feature columns (not listed by the user) that name a row instead of describing it, with why, when
     ``validate.identifiers`` is drop: text with a new value in most rows (ids, names, free text) and whole numbers
-    that count the rows (1..n in some order). ``rows`` is every row of data.train (the train and calib splits,
-    and test when carved from it).
+    that number the rows (each row its own, within a range at most twice the rows: 1..n, or a sample of a numbered
+    table). A measurement is not like that: n values drawn from a range of 2n repeat about n / 4 times.
+    ``rows`` is every row of data.train (the train and calib splits, and test when carved from it).
 
     A model learns nothing that carries over from them: an unseen text value is the "unseen" code at test time,
     and a row number only separates the rows a table happens to be sorted by (often the class)."""
@@ -66,9 +67,33 @@ def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str,
         if col in schema.categorical and looks_like_id(s):
             found[col] = f"{s.nunique()} distinct values in {s.notna().sum()} rows"
         elif (col in schema.numeric and pd.api.types.is_integer_dtype(s) and not s.isna().any() and s.is_unique
-              and int(s.max()) - int(s.min()) + 1 == len(s)):
-            found[col] = f"the whole numbers {int(s.min())}..{int(s.max())}, one per row"
+              and int(s.max()) - int(s.min()) + 1 <= 2 * len(s)):
+            found[col] = f"{len(s)} distinct whole numbers in {int(s.min())}..{int(s.max())}, one per row"
     return found
+
+
+def non_numbers(frames: dict[str, pd.DataFrame], schema: Schema, params: Params) -> dict[str, dict[str, Any]]:
+    """Values of numeric columns that are not numbers ('?', 'n/a', 'rotary' among cylinder counts), per column:
+    how many, and the first few, when ``validate.non_numeric`` is missing (they are then read as missing values);
+    with refuse the suite names them instead."""
+    if params.validate_.non_numeric != "missing":
+        return {}
+    found = {}
+    for col in schema.numeric:
+        texts = [f[col].dropna() for f in frames.values() if col in f.columns and not pd.api.types.is_numeric_dtype(f[col])]
+        values = pd.concat(texts) if texts else pd.Series(dtype=object)
+        wrong = values[~values.astype(str).str.contains(NUMBER)]
+        if len(wrong):
+            found[col] = {"values": int(len(wrong)), "examples": list(dict.fromkeys(wrong.astype(str)))[:3]}
+    return found
+
+
+def as_missing(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with the values of ``columns`` that are not numbers set to missing."""
+    out = frame.copy()
+    for col in [c for c in columns if c in out.columns and not pd.api.types.is_numeric_dtype(out[c])]:
+        out[col] = out[col].where(out[col].isna() | out[col].astype(str).str.contains(NUMBER))
+    return out
 
 
 def infer_schema(train: pd.DataFrame, params: Params) -> Schema:
@@ -332,8 +357,14 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
              " keeps them).")
         frames = {s: f.drop(columns=[c for c in ids if c in f.columns]) for s, f in frames.items()}
         schema = infer_schema(frames["train"], params)
+    not_numbers = non_numbers(frames, schema, params)
+    if not_numbers:
+        warn("validate", "numeric column(s) " + ", ".join(
+            f"{c!r} ({n['values']} value(s) such as {', '.join(map(repr, n['examples']))})" for c, n in not_numbers.items())
+            + " hold values that are not numbers: read as missing values and filled (validate.non_numeric=refuse stops instead).")
+        frames = {s: as_missing(f, list(not_numbers)) for s, f in frames.items()}
     report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}, "columns_left_out": left_out,
-                              "identifiers_left_out": ids}
+                              "identifiers_left_out": ids, "non_numbers_as_missing": not_numbers}
     failures: list[str] = []
     with tracking.stage_run("validate", params, root):
         import mlflow
@@ -355,6 +386,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "failures": len(failures),
             "columns_left_out": left_out,
             "identifiers_left_out": ids,
+            "non_numbers_as_missing": not_numbers,
         }
         if failures:
             mlflow.log_dict(report, "validation.json")

@@ -110,10 +110,15 @@ class ValidateParams(Section):
     mostly_missing: Literal["drop", "refuse"] = "drop"
     """A feature column missing in more than max_null_fraction of the training rows (not listed in data.numeric /
     data.categorical): leave it out of the features with a warning, or refuse the table."""
+    non_numeric: Literal["missing", "refuse"] = "missing"
+    """Values of a numeric column that are not numbers ('?', 'n/a', 'rotary' among cylinder counts): read them as
+    missing values (filled like any other, said in a warning and the model card; serving reads them so too), or
+    refuse the table naming the column and a value."""
     identifiers: Literal["drop", "keep"] = "drop"
     """A feature column (not listed in data.numeric / data.categorical) that names rows instead of describing them:
-    text with a new value in most rows (ids, names, free text) or whole numbers counting the rows. drop leaves it
-    out with a warning (a model would learn the rows, not the classes); keep uses it as any other column."""
+    text with a new value in most rows (ids, names, free text) or row numbers (distinct whole numbers within a range
+    at most twice the rows). drop leaves it out with a warning (a model would learn the rows, not the classes); keep
+    uses it as any other column."""
     drift: DriftParams = DriftParams()
 
 

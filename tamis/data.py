@@ -305,7 +305,11 @@ class Encoder:
         if missing:
             raise StageError(f"input is missing feature column(s) {missing}.")
         if self.numeric:
-            num = frame[self.numeric].to_numpy(dtype=np.float64)
+            block = frame[self.numeric]
+            text = [c for c in self.numeric if not pd.api.types.is_numeric_dtype(block[c])]
+            if text:  # a value that is not a number is a missing value, as validate reads it (validate.non_numeric)
+                block = block.assign(**{c: pd.to_numeric(block[c], errors="coerce") for c in text})
+            num = block.to_numpy(dtype=np.float64)
             num = np.where(np.isnan(num), np.asarray(self.fill), num)
             if self.numeric_transform == "quantile":
                 num = np.column_stack([quantile_normal(num[:, j], q) for j, q in enumerate(self.quantiles)])

@@ -94,6 +94,8 @@ def write_input(case: str, tmp_path: Path) -> list[str]:
         return [f"data.train={bad}", "data.rare_classes=refuse"]
     if case == "label_nulls":  # likewise
         return [f"data.train={bad}", "data.missing_labels=refuse"]
+    if case == "non_numeric":  # likewise (read as missing)
+        return [f"data.train={bad}", "validate.non_numeric=refuse"]
     return [f"data.train={bad}"]
 
 
@@ -269,6 +271,36 @@ def test_a_test_class_the_training_table_lacks_is_dropped_with_a_warning_by_defa
     code, err = stage_cli(repo, "validate", monkeypatch, capsys)
     assert code == 0, err
     assert len(pd.read_parquet(repo / "data/validated/test.parquet")) == 59
+
+
+def test_values_that_are_not_numbers_are_read_as_missing_by_default_in_training_and_serving(good_workspace, tmp_path,
+                                                                                               monkeypatch, capsys):
+    """UCI tables write '?' for a missing value; Cars93 counts a rotary engine's cylinders as 'rotary'."""
+    import json
+
+    from tamis.data import Encoder, Schema
+
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    frame = broken(mixed_table(300), "non_numeric")
+    frame.loc[[11, 12], "x1"] = "?"
+    frame.to_csv(tmp_path / "q.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'q.csv'}")
+    for step in ("ingest", "validate"):
+        code, err = stage_cli(repo, step, monkeypatch, capsys)
+        assert code == 0, err
+    assert ("tamis validate: warning: numeric column(s) 'x1' (3 value(s) such as 'abc', '?') hold values that are not"
+            " numbers: read as missing values and filled") in err
+    splits = {s: pd.read_parquet(repo / f"data/validated/{s}.parquet") for s in ("train", "calib", "test")}
+    assert sum(int(f["x1"].isna().sum()) for f in splits.values()) == 3 and splits["train"]["x1"].dtype == np.float64
+    assert json.loads((repo / "metrics/validate.json").read_text())["non_numbers_as_missing"]["x1"]["values"] == 3
+    schema = Schema(**json.loads((repo / "data/validated/schema.json").read_text()))
+    encoder = Encoder.fit(splits["train"], schema)
+    served = pd.DataFrame({"x1": ["?", "1.5"], "x2": [0.0, 0.0], "color": ["red", "red"]})
+    num, _ = encoder.transform(served)  # serving reads the same value the same way: the training median
+    x1 = schema.numeric.index("x1")
+    assert num[0, x1] * encoder.scale[x1] + encoder.center[x1] == pytest.approx(np.nanmedian(splits["train"]["x1"]), abs=1e-4)
+    assert num[1, x1] * encoder.scale[x1] + encoder.center[x1] == pytest.approx(1.5, abs=1e-4)
 
 
 def test_tamis_run_on_bad_input_says_one_sentence_without_prefects_traceback(tmp_path):
