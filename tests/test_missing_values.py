@@ -70,3 +70,16 @@ def test_a_column_mostly_missing_is_refused_naming_it_when_asked(tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert "column 'x1' has more than 50% missing values (validate.max_null_fraction)" in last or "column 'color'" in last
+
+
+def test_only_the_training_split_is_held_to_max_null_fraction(tmp_path):
+    """A small test split can be mostly missing in a column by chance; its rows are filled like any other."""
+    repo = workspace.create(tmp_path / "repo")
+    holey(mixed_table(300), 0.2).to_csv(tmp_path / "train.csv", index=False)
+    holey(mixed_table(40, seed=1), 0.7, seed=1).to_csv(tmp_path / "test.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'train.csv'}", f"data.test={tmp_path / 'test.csv'}", "data.inject_noise=null")
+    assert run_stage(repo, "ingest").returncode == 0
+    proc = run_stage(repo, "validate")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    test = pd.read_parquet(repo / "data/validated/test.parquet")
+    assert test["x1"].isna().mean() > 0.5 and len(test) == 40
