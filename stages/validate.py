@@ -32,7 +32,17 @@ import pandas as pd
 from tamis import drift, paths, registry, reports, tracking
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, dumps, read_json, stage_main, warn
-from tamis.data import MAX_ID_LIKE_CLASSES, ROW_ID, SPLITS, Schema, feature_columns, looks_like_id, read_split, shown
+from tamis.data import (
+    MAX_ID_LIKE_CLASSES,
+    ROW_ID,
+    SPLITS,
+    Schema,
+    as_numbers,
+    feature_columns,
+    looks_like_id,
+    read_split,
+    shown,
+)
 
 NUMBER = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 
@@ -71,6 +81,12 @@ def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str,
               and int(s.max()) - int(s.min()) + 1 <= 2 * len(s)):
             found[col] = f"{len(s)} distinct whole numbers in {int(s.min())}..{int(s.max())}, one per row"
     return found
+
+
+def dates_as_days(frame: pd.DataFrame) -> pd.DataFrame:
+    """Date and time columns (a Parquet file's timestamps) as days since 1970: a number a model can use."""
+    dates = [c for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])]
+    return frame.assign(**{c: as_numbers(frame[c]) for c in dates}) if dates else frame
 
 
 def non_numbers(frames: dict[str, pd.DataFrame], schema: Schema, params: Params) -> dict[str, dict[str, Any]]:
@@ -315,7 +331,7 @@ def typed(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """
     columns = {ROW_ID: frame[ROW_ID], schema.label: frame[schema.label]}
     for col in schema.numeric:
-        columns[col] = pd.to_numeric(frame[col], errors="raise").astype(np.float64)
+        columns[col] = as_numbers(frame[col])  # the suite has refused (or non_numbers read as missing) other text
     for col in schema.categorical:
         columns[col] = frame[col].astype("string")
     return pd.concat(columns, axis=1)
@@ -341,7 +357,7 @@ def report_html(report: dict[str, Any], findings, reference, new) -> str:
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     meta = read_json(root / paths.RAW / "meta.json")
-    frames = {s: read_split(root / paths.RAW, s) for s in SPLITS}
+    frames = {s: dates_as_days(read_split(root / paths.RAW, s)) for s in SPLITS}
     sources = {"train": meta["source"]["train"], "calib": meta["source"]["train"]}
     sources["test"] = meta["source"]["test"] or meta["source"]["train"]
     left_out = mostly_missing(frames["train"], params)

@@ -65,6 +65,16 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
     return frame
 
 
+def as_numbers(s: pd.Series) -> pd.Series:
+    """A numeric column as float64, the same in validate and serving: a date or time as days since 1970-01-01
+    (UTC), text that is not a number as missing (``validate.non_numeric``'s default)."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        if s.dt.tz is not None:
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+        return ((s - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=1)).astype(np.float64)
+    return pd.to_numeric(s, errors="coerce").astype(np.float64)
+
+
 def column_names(source: str, label: str) -> list[str] | None:
     """A table's column names from its header alone; None when it cannot be read (the stages then say why)."""
     try:
@@ -307,8 +317,8 @@ class Encoder:
         if self.numeric:
             block = frame[self.numeric]
             text = [c for c in self.numeric if not pd.api.types.is_numeric_dtype(block[c])]
-            if text:  # a value that is not a number is a missing value, as validate reads it (validate.non_numeric)
-                block = block.assign(**{c: pd.to_numeric(block[c], errors="coerce") for c in text})
+            if text:  # dates as days, a value that is not a number as missing: as validate reads them
+                block = block.assign(**{c: as_numbers(block[c]) for c in text})
             num = block.to_numpy(dtype=np.float64)
             num = np.where(np.isnan(num), np.asarray(self.fill), num)
             if self.numeric_transform == "quantile":

@@ -1,0 +1,45 @@
+"""Column types a Parquet file carries (timestamps, booleans, pandas categories) reach the model as features."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import mixed_table, run_stage, set_params
+
+from flows import workspace
+from tamis.data import Encoder, Schema
+
+
+def typed_table(n: int = 300) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frame = mixed_table(n)
+    frame["when"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 30, n), unit="D")
+    frame["when_utc"] = (frame["when"] + pd.Timedelta(hours=6)).dt.tz_localize("UTC")
+    frame["flag"] = frame["x1"] > 0
+    frame["grade"] = pd.Categorical(rng.choice(["a", "b", "c"], n))
+    return frame
+
+
+def test_timestamps_are_days_since_1970_in_validate_and_serving(tmp_path):
+    repo = workspace.create(tmp_path / "repo")
+    frame = typed_table()
+    frame.to_parquet(tmp_path / "t.parquet")
+    set_params(repo, f"data.train={tmp_path / 't.parquet'}", "data.inject_noise=null")
+    for stage in ("ingest", "validate"):
+        proc = run_stage(repo, stage)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "not numbers" not in proc.stderr
+    schema = Schema(**json.loads((repo / "data/validated/schema.json").read_text()))
+    assert {"x1", "x2", "when", "when_utc"} <= set(schema.numeric) and {"color", "flag", "grade"} <= set(schema.categorical)
+    train = pd.read_parquet(repo / "data/validated/train.parquet")
+    days = (pd.Timestamp("2024-01-01") - pd.Timestamp("1970-01-01")).days
+    assert train["when"].between(days, days + 29).all() and (train["when_utc"] - train["when"]).round(6).eq(0.25).all()
+    encoder = Encoder.fit(train, schema)
+    served = frame.drop(columns=["label"]).iloc[:5]  # serving gets the timestamps as the user has them
+    num, _ = encoder.transform(served)
+    j = schema.numeric.index("when")
+    got = num[:, j] * encoder.scale[j] + encoder.center[j]
+    assert got == pytest.approx((served["when"] - pd.Timestamp("1970-01-01")).dt.days.to_numpy(), abs=1e-3)
