@@ -64,6 +64,25 @@ def planted(tmp_path) -> Path:
     return tmp_path
 
 
+def test_leakage_stands_down_where_rows_are_profiles_not_records():
+    """A few coarse columns (Arrests' colour, sex, employed, checks): a copy across splits is the same profile."""
+    from tamis.data import Schema
+
+    rng = np.random.default_rng(0)
+    n = 600
+    coarse = pd.DataFrame({"sex": rng.choice(["f", "m"], n), "checks": rng.integers(0, 4, n).astype(float),
+                           "label": rng.choice(["no", "yes"], n), "split": rng.choice(["train", "test"], n, p=[0.8, 0.2])})
+    schema = Schema(label="label", numeric=["checks"], categorical=["sex"], classes=["no", "yes"])
+    flag, score, counts = audit.leakage(coarse, schema, [np.array([], dtype=int)] * n, np.ones(n), 0.01)
+    assert not flag.any() and (score == 1.0).all() and counts["repeated_profiles"] > 0.9
+    # a table of records written out twice: each record twice, no profile three times, so copies are leaks
+    records = pd.DataFrame({"sex": rng.choice(["f", "m"], 300), "checks": rng.normal(size=300), "label": "no"})
+    doubled = pd.concat([records, records], ignore_index=True)
+    doubled["split"] = rng.choice(["train", "test"], 600, p=[0.8, 0.2])
+    flag, _, counts = audit.leakage(doubled, schema, [np.array([], dtype=int)] * 600, np.ones(600), 0.01)
+    assert counts["repeated_profiles"] == 0.0 and 100 < flag.sum() < 300
+
+
 def test_planted_label_outlier_and_leak_are_found(planted):
     metrics = audit.run(parse_params({"audit": FAST_AUDIT}), planted)
     issues = pd.read_parquet(planted / paths.ISSUES)
@@ -75,7 +94,7 @@ def test_planted_label_outlier_and_leak_are_found(planted):
     leaks = issues[issues["is_leakage_issue"]][["split", "row_id"]].values.tolist()
     assert sorted(leaks) == [["test", 0], ["train", 3]]
     assert (issues.loc[issues["is_leakage_issue"], "leakage_score"] == 0.0).all()
-    assert metrics["leakage"] == {"exact": 2, "near": 0}
+    assert metrics["leakage"] == {"exact": 2, "near": 0, "repeated_profiles": 0.0}
     for column in ("el2n", "near_duplicate_score", "non_iid_score", "underperforming_group_score", "null_score"):
         assert issues[column].notna().all(), column
     assert train.at[0, "el2n"] > train["el2n"].median()  # a wrong label is learned late
