@@ -393,10 +393,13 @@ def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.D
     if knn_types:
         embedding = reduce_embedding(oos["embedding"], split == "train", a.embedding_dim)
         graph = knn_graph(embedding, a.knn_k)
-        # DBSCAN's default eps (0.5) suits cosine distances; these are Euclidean, so scale it to the data
+        # DBSCAN's default eps (0.5) suits cosine distances; these are Euclidean, so scale it to the data: the
+        # median distance to a neighbour that is not an identical row (titanic's three coarse columns give most rows
+        # k identical neighbours, a median of 0, and DBSCAN refuses eps=0)
         args = {t: {} for t in knn_types}
         if "underperforming_group" in args:
-            args["underperforming_group"] = {"clustering_kwargs": {"eps": float(np.median(graph.data))}}
+            apart = graph.data[graph.data > 0]
+            args["underperforming_group"] = {"clustering_kwargs": {"eps": float(np.median(apart)) if len(apart) else 1.0}}
         found, lab = _datalab(y, args, features=embedding, pred_probs=probs, knn_graph=graph)
         for t in knn_types:
             issues[f"is_{t}_issue"] = found[f"is_{t}_issue"].to_numpy()

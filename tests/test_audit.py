@@ -83,6 +83,21 @@ def test_leakage_stands_down_where_rows_are_profiles_not_records():
     assert counts["repeated_profiles"] == 0.0 and 100 < flag.sum() < 300
 
 
+def test_a_table_of_few_coarse_columns_is_audited(tmp_path):
+    """Titanic's sex, class and age: most rows have k identical neighbours, so k-NN distances are mostly 0."""
+    def coarse(n, seed):
+        frame = clusters(n, seed)
+        for c in ("x1", "x2", "x3", "x4"):
+            frame[c] = frame[c].round(-1)  # a handful of values per column
+        return frame
+
+    write_validated(tmp_path, {"train": coarse(240, 0), "calib": coarse(60, 1), "test": coarse(60, 2)})
+    metrics = audit.run(parse_params({"audit": FAST_AUDIT}), tmp_path)
+    issues = pd.read_parquet(tmp_path / paths.ISSUES)
+    assert issues["underperforming_group_score"].notna().all() and len(issues) == 360
+    assert metrics["leakage"]["repeated_profiles"] > 0.1 and not issues["is_leakage_issue"].any()
+
+
 def test_planted_label_outlier_and_leak_are_found(planted):
     metrics = audit.run(parse_params({"audit": FAST_AUDIT}), planted)
     issues = pd.read_parquet(planted / paths.ISSUES)
