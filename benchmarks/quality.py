@@ -221,6 +221,9 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     first = runs[0]["models"]
     for model, row in first.items():
+        if isinstance(row, str):  # a name (the shipped model's file): one per seed
+            out[model] = [r["models"][model] for r in runs]
+            continue
         if not isinstance(row, dict):
             out[model] = _mean_std([r["models"][model] for r in runs])
             continue

@@ -14,7 +14,8 @@ def fake_run(gap: float, calls: list):
         row = lambda f1: {"accuracy": f1, "macro_f1": f1, "rarest_recall": f1, "ece": 0.05}
         models = {m: row(0.8) for m in (*quality.PEERS, quality.CEILING)}
         models |= {m: row(0.8 + gap) for m in quality.TAMIS.values()}
-        return {**models, "tamis_seconds": 1.0, "cell_seconds": 2.0, "flipped_share": rate}
+        return {**models, "tamis_seconds": 1.0, "cell_seconds": 2.0, "flipped_share": rate,
+                "tamis_final_model": f"variants/student{seed}.onnx"}
 
     return one_run
 
@@ -34,6 +35,8 @@ def test_cells_are_stored_resumed_and_reported_by_table_and_noise(bench, monkeyp
     assert len(calls) == 4 and len(list((bench / "cells" / "full").glob("*.json"))) == 4
     assert set(result["cells"]) == {"tabular-8, 0% noise", "tabular-8, 20% noise"}
     assert result["cells"]["tabular-8, 20% noise"]["seeds"] == [0, 1]
+    assert result["cells"]["tabular-8, 20% noise"]["models"]["tamis_final_model"] == ["variants/student0.onnx",
+                                                                                     "variants/student1.onnx"]
     quality.main(argv)
     assert len(calls) == 4  # resumed: nothing ran again
     quality.main([*argv, "--fresh"])
