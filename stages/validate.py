@@ -337,11 +337,12 @@ def typed(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return pd.concat(columns, axis=1)
 
 
-def drift_gate(frames: dict[str, pd.DataFrame], schema: Schema, params: Params, root: Path, meta: dict):
+def drift_gate(frames: dict[str, pd.DataFrame], schema: Schema, params: Params, root: Path, meta: dict,
+               left_out: dict[str, str] | None = None):
     """(new profile, findings, accepted profile or None): the typed input against the last accepted data."""
     rows = pd.concat(list(frames.values()), ignore_index=True)
     lineage = {"source": meta["source"], "rows": meta["rows"]}
-    new = drift.profile(rows, schema.label, schema.numeric, schema.categorical, lineage)
+    new = drift.profile(rows, schema.label, schema.numeric, schema.categorical, lineage, left_out)
     reference = drift.accepted(root, registry.model_name(params.promote.model_name, params.data.train, params.data.label))
     findings = [] if reference is None else drift.compare(reference, new, params.validate_.drift)
     return new, findings, reference
@@ -414,7 +415,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         if not schema.features:
             raise StageError(f"{sources['train']}: no feature columns besides the label '{schema.label}'.")
         frames = {split: typed(frame, schema) for split, frame in frames.items()}
-        profile, findings, reference = drift_gate(frames, schema, params, root, meta)
+        left = {**{c: f"{share:.0%} missing" for c, share in left_out.items()}, **{c: f"an identifier: {why}" for c, why in ids.items()}}
+        profile, findings, reference = drift_gate(frames, schema, params, root, meta, left)
         report["drift"] = drift.as_dicts(findings)
         metrics["drift"] = drift.metrics_of(findings, reference)
         html = report_html(report, findings, reference, profile)

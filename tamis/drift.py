@@ -37,8 +37,10 @@ WORST_PLOTS = 3  # before/after plots for this many of the worst findings
 LABEL_CHECKS = ("label", "new_class", "vanished_class")  # findings about the label column, not a feature
 
 
-def profile(frame: pd.DataFrame, label: str, numeric: list[str], categorical: list[str], lineage: dict) -> dict:
-    """What the drift gate compares: per column its kind, null share and distribution; the label's shares."""
+def profile(frame: pd.DataFrame, label: str, numeric: list[str], categorical: list[str], lineage: dict,
+            left_out: dict[str, str] | None = None) -> dict:
+    """What the drift gate compares: per column its kind, null share and distribution; the label's shares; and
+    the columns validate left out this time, with why (a column left out is not a column the data lost)."""
     columns: dict[str, Any] = {}
     for col in numeric:
         values = frame[col].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -55,6 +57,7 @@ def profile(frame: pd.DataFrame, label: str, numeric: list[str], categorical: li
         "rows": len(frame),
         "label": {"column": label, "shares": shares(frame[label].dropna())},
         "columns": columns,
+        "left_out": dict(left_out or {}),
         "lineage": lineage,
     }
 
@@ -128,7 +131,9 @@ def compare(before: dict, after: dict, d: DriftParams) -> list[Finding]:
     found: list[Finding] = []
     old, new = before["columns"], after["columns"]
     if d.columns != "off":
-        found += [_flag("columns", c, d.columns, "removed since the accepted data") for c in old if c not in new]
+        why = after.get("left_out") or {}
+        found += [_flag("columns", c, d.columns, f"left out of the features this run ({why[c]})" if c in why
+                        else "removed since the accepted data") for c in old if c not in new]
         found += [_flag("columns", c, d.columns, "new since the accepted data") for c in new if c not in old]
         found += [
             _flag("columns", c, d.columns, f"was {old[c]['kind']}, now {new[c]['kind']}")

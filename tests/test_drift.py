@@ -68,6 +68,17 @@ def test_a_new_class_and_a_removed_column_stop(digits):
     assert found[("new_class", "label")] == "stop" and found[("columns", "pixel_0_0")] == "stop"
 
 
+def test_a_column_validate_left_out_is_named_as_left_out_not_as_removed(digits):
+    """After an upgrade that leaves out R's rownames, the data did not lose a column: the sentence says so."""
+    before = digits.assign(rownames=range(len(digits)))
+    left = {"rownames": "an identifier: 1797 distinct whole numbers in 0..1796, one per row"}
+    after = drift.profile(digits, "label", [c for c in digits.columns if c != "label"], [], {"source": "test"}, left)
+    (finding,) = [f for f in drift.compare(profile_of(before), after, DEFAULTS) if f.check == "columns"]
+    assert finding.verdict == "stop" and "left out of the features this run (an identifier: 1797 distinct" in finding.sentence()
+    plain = [f for f in drift.compare(profile_of(before), profile_of(digits), DEFAULTS) if f.check == "columns"]
+    assert "removed since the accepted data" in plain[0].sentence()
+
+
 def test_a_new_category_warns_and_a_retyped_column_stops():
     before = mixed_table(600)
     after = mixed_table(600, seed=1)
