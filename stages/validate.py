@@ -39,7 +39,9 @@ from tamis.data import (
     Schema,
     as_numbers,
     feature_columns,
+    looks_like_dates,
     looks_like_id,
+    parse_dates,
     read_split,
     shown,
 )
@@ -83,10 +85,18 @@ def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str,
     return found
 
 
-def dates_as_days(frame: pd.DataFrame) -> pd.DataFrame:
-    """Date and time columns (a Parquet file's timestamps) as days since 1970: a number a model can use."""
-    dates = [c for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])]
-    return frame.assign(**{c: as_numbers(frame[c]) for c in dates}) if dates else frame
+def dates_as_days(frames: dict[str, pd.DataFrame], params: Params) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """(frames, the date columns): date and time columns as days since 1970, a number a model can use (as text a
+    date is new in every row). A Parquet file's timestamps, and text columns of ISO dates (``validate.numeric_share``
+    of the training values) unless data.categorical lists them."""
+    d = params.data
+    train = frames["train"]
+    dates = [c for c in feature_columns(train, d.label) if pd.api.types.is_datetime64_any_dtype(train[c])
+             or (c not in (d.categorical or []) and looks_like_dates(train[c], params.validate_.numeric_share))]
+    if not dates:
+        return frames, []
+    days = lambda s: as_numbers(s if pd.api.types.is_datetime64_any_dtype(s) else parse_dates(s))
+    return {s: f.assign(**{c: days(f[c]) for c in dates if c in f.columns}) for s, f in frames.items()}, dates
 
 
 def non_numbers(frames: dict[str, pd.DataFrame], schema: Schema, params: Params) -> dict[str, dict[str, Any]]:
@@ -358,7 +368,9 @@ def report_html(report: dict[str, Any], findings, reference, new) -> str:
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     meta = read_json(root / paths.RAW / "meta.json")
-    frames = {s: dates_as_days(read_split(root / paths.RAW, s)) for s in SPLITS}
+    frames, dates = dates_as_days({s: read_split(root / paths.RAW, s) for s in SPLITS}, params)
+    if dates:
+        print(f"tamis validate: column(s) {', '.join(map(repr, dates))} hold dates: read as days since 1970-01-01.")
     sources = {"train": meta["source"]["train"], "calib": meta["source"]["train"]}
     sources["test"] = meta["source"]["test"] or meta["source"]["train"]
     left_out = mostly_missing(frames["train"], params)
@@ -383,7 +395,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             + " hold values that are not numbers: read as missing values and filled (validate.non_numeric=refuse stops instead).")
         frames = {s: as_missing(f, list(not_numbers)) for s, f in frames.items()}
     report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}, "columns_left_out": left_out,
-                              "identifiers_left_out": ids, "non_numbers_as_missing": not_numbers}
+                              "identifiers_left_out": ids, "non_numbers_as_missing": not_numbers, "dates_as_days": dates}
     failures: list[str] = []
     with tracking.stage_run("validate", params, root):
         import mlflow

@@ -65,14 +65,34 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
     return frame
 
 
+ISO_DATE = r"^\s*\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\s*$"
+
+
+def looks_like_dates(s: pd.Series, share: float) -> bool:
+    """Text whose values are ISO dates or times (2012-01-31, 2012-01-31 08:00) at least ``share`` of the time.
+    Only ISO: 01/02/2012 is January or February depending on who wrote it."""
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return False
+    values = s.dropna()
+    return bool(len(values)) and float(values.astype(str).str.match(ISO_DATE).mean()) >= share
+
+
 def as_numbers(s: pd.Series) -> pd.Series:
-    """A numeric column as float64, the same in validate and serving: a date or time as days since 1970-01-01
-    (UTC), text that is not a number as missing (``validate.non_numeric``'s default)."""
+    """A numeric column as float64, the same in validate and serving: a date or time (a timestamp, or ISO text)
+    as days since 1970-01-01 (UTC), text that is not a number as missing (``validate.non_numeric``'s default)."""
     if pd.api.types.is_datetime64_any_dtype(s):
         if s.dt.tz is not None:
             s = s.dt.tz_convert("UTC").dt.tz_localize(None)
         return ((s - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=1)).astype(np.float64)
-    return pd.to_numeric(s, errors="coerce").astype(np.float64)
+    numbers = pd.to_numeric(s, errors="coerce")
+    if not pd.api.types.is_numeric_dtype(s) and numbers.isna().all() and looks_like_dates(s, 0.5):
+        return as_numbers(parse_dates(s))  # serving: a date column as the user's text
+    return numbers.astype(np.float64)
+
+
+def parse_dates(s: pd.Series) -> pd.Series:
+    """ISO date text as UTC timestamps (a value that is not one: missing)."""
+    return pd.to_datetime(s.astype("string").str.strip(), errors="coerce", format="ISO8601", utc=True)
 
 
 def column_names(source: str, label: str) -> list[str] | None:

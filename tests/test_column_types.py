@@ -43,3 +43,24 @@ def test_timestamps_are_days_since_1970_in_validate_and_serving(tmp_path):
     j = schema.numeric.index("when")
     got = num[:, j] * encoder.scale[j] + encoder.center[j]
     assert got == pytest.approx((served["when"] - pd.Timestamp("1970-01-01")).dt.days.to_numpy(), abs=1e-3)
+
+
+def test_iso_date_text_is_days_too_and_serving_reads_it_the_same_way(tmp_path):
+    """seattle-weather's 'date' column: as text a date is new in every row (an identifier); as days it is a feature."""
+    repo = workspace.create(tmp_path / "repo")
+    frame = typed_table().drop(columns=["when_utc", "grade"])
+    frame["when"] = frame["when"].dt.strftime("%Y-%m-%d")
+    frame["month"] = pd.to_datetime(frame["when"]).dt.strftime("%b")  # 'Jan': text, not an ISO date
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 't.csv'}", "data.inject_noise=null")
+    assert run_stage(repo, "ingest").returncode == 0
+    proc = run_stage(repo, "validate")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "column(s) 'when' hold dates: read as days since 1970-01-01." in proc.stdout and "identifiers" not in proc.stderr
+    schema = Schema(**json.loads((repo / "data/validated/schema.json").read_text()))
+    assert "when" in schema.numeric and "month" in schema.categorical
+    encoder = Encoder.fit(pd.read_parquet(repo / "data/validated/train.parquet"), schema)
+    num, _ = encoder.transform(frame.drop(columns=["label"]).iloc[:5])
+    j = schema.numeric.index("when")
+    days = (pd.to_datetime(frame["when"].iloc[:5]) - pd.Timestamp("1970-01-01")).dt.days.to_numpy()
+    assert num[:, j] * encoder.scale[j] + encoder.center[j] == pytest.approx(days, abs=1e-3)
