@@ -40,11 +40,14 @@ MAX_ITER = 500  # L-BFGS iterations of the parametric fits (matrix / dirichlet m
 # that is only ever asked for by the noise estimate, and confident learning counts overlapping classes as label noise
 # (diamonds' cut: 0.43 estimated, 0.21 true), so that direction is the estimate's bias, not the model's
 SOFTEN_ONLY = ("temperature", "vector")
-# A temperature is fitted with a Gaussian prior on log T at 0 (the model's own softmax) worth this many calibration
-# rows: on 20-40 rows with one or two wrong answers the likelihood alone sharpens to T ~ 0.1-0.3. Across 60 simulated
-# cells (2-5 class margins, models 0.5-2x as sharp as calibrated, 20-300 rows) 2 rows cut the worst cell's test NLL
-# loss against T=1 from +0.054 to +0.014 and the mean gain from -0.076 to -0.079; at 300 rows it moves T by <1%.
+# A temperature fitted on fewer than TEMPERATURE_PRIOR_BELOW calibration rows gets a Gaussian prior on log T at 0 (the
+# model's own softmax) worth TEMPERATURE_PRIOR_ROWS rows: on 20-40 rows with one or two wrong answers the likelihood
+# alone sharpens to T ~ 0.1-0.3. Across simulated cells (2-5 class margins, models 0.5-2x as sharp as calibrated)
+# it cut the worst cell's test-NLL loss against T=1 from +0.054 to +0.013 at 20 rows and changed nothing measurable
+# from 100 rows (benchmarks/temperature_prior.py), so larger splits are fitted as before: on digits' 270 calib rows
+# the prior's nudge to T alone tipped a borderline student through the compress gate (test ECE 0.025 against 0.008).
 TEMPERATURE_PRIOR_ROWS = 2.0
+TEMPERATURE_PRIOR_BELOW = 100
 # what ``auto`` tries when the labels are noisy, in order: the maps that cannot sharpen, and the identity. A matrix or
 # Dirichlet map sharpened diamonds from 0.208 to 0.250 test ECE; isotonic / histogram undo the noise through T^-1 and
 # moved titanic's argmax on 15-26% of rows (macro-F1 0.777 -> 0.69). Named explicitly, every method is still fitted.
@@ -168,7 +171,7 @@ def _linear_fit(
             g = p * (dp - (p * dp).sum(axis=1, keepdims=True))  # through the softmax
         gw, gb = g.T @ x, g.sum(axis=0)
         if method == "temperature":
-            prior = TEMPERATURE_PRIOR_ROWS / n
+            prior = TEMPERATURE_PRIOR_ROWS / n if n < TEMPERATURE_PRIOR_BELOW else 0.0
             return loss + prior * theta[0] ** 2, np.array([-np.exp(-theta[0]) * np.trace(gw) + 2 * prior * theta[0]])
         loss += odir * (b**2).mean()  # every penalty is a mean of squares, weighted by odir
         gb = gb + 2 * odir * b / k
@@ -318,14 +321,18 @@ def auto_order(candidates: tuple[str, ...], n_classes: int, noisy: bool) -> tupl
 
 def within_one_se(row_nll: dict, order: tuple) -> tuple[Any, dict]:
     """(the first of ``order`` whose mean per-row NLL is within one paired standard error of the lowest, each
-    candidate's ``nll`` / ``nll_gap`` / ``nll_gap_se``): on a small split a richer choice must be clearly better."""
+    candidate's ``nll`` / ``nll_gap`` / ``nll_gap_se``): on a small split a richer choice must be clearly better.
+    A candidate closer to the lowest than one so accepted is accepted too: on digits the student's temperature
+    (gap 0.0026, SE 0.0017) lost to the identity (gap 0.0034, SE 0.0054) only for being measured more precisely,
+    and the identity shipped at test ECE 0.029 against the teacher's 0.008."""
     best = min(order, key=lambda k: row_nll[k].mean())
     gaps = {}
     for k in order:
         gap = row_nll[k] - row_nll[best]
         gaps[k] = {"nll": float(row_nll[k].mean()), "nll_gap": float(gap.mean()),
                    "nll_gap_se": float(gap.std() / np.sqrt(len(gap)))}
-    return next(k for k in order if gaps[k]["nll_gap"] <= gaps[k]["nll_gap_se"]), gaps
+    bar = max(g["nll_gap"] for g in gaps.values() if g["nll_gap"] <= g["nll_gap_se"])  # the lowest always qualifies
+    return next(k for k in order if gaps[k]["nll_gap"] <= bar), gaps
 
 
 def select(

@@ -109,6 +109,21 @@ def test_the_prior_on_log_t_holds_a_tiny_split_back_from_sharpening_and_fades_wi
     assert with_prior[1] == pytest.approx(alone[1], rel=0.01) and with_prior[1] == pytest.approx(1.0, abs=0.1)
 
 
+def test_one_se_never_prefers_a_worse_candidate_for_being_measured_less_precisely():
+    """digits' student: temperature 0.0026 above the best (SE 0.0017), the identity 0.0034 above (SE 0.0054)."""
+    rng = np.random.default_rng(0)
+    best = rng.normal(0.12, 0.05, 270)
+    rows = {"vector": best, "temperature": best + 0.0026 + rng.normal(0, 0.028, 270), "none": best + 0.0034 + rng.normal(0, 0.089, 270)}
+    rows = {k: v - (v.mean() - rows_mean) for k, v, rows_mean in
+            ((k, v, best.mean() + {"vector": 0.0, "temperature": 0.0026, "none": 0.0034}[k]) for k, v in rows.items())}
+    chosen, gaps = calibration.within_one_se(rows, ("temperature", "none", "vector"))
+    assert gaps["temperature"]["nll_gap"] > gaps["temperature"]["nll_gap_se"]  # not within its own SE
+    assert gaps["none"]["nll_gap"] <= gaps["none"]["nll_gap_se"]  # the identity is, being noisier
+    assert chosen == "temperature"  # closer to the best than the accepted identity, and first in order
+    rows["temperature"] = rows["temperature"] + 0.01  # now worse than the identity: the identity is chosen
+    assert calibration.within_one_se(rows, ("temperature", "none", "vector"))[0] == "none"
+
+
 def test_auto_with_noisy_labels_tries_only_maps_that_cannot_sharpen_temperature_first():
     z, _, given, noise = _noisy(600, 0.2, seed=4)
     _, scores, _ = calibration.select("auto", calibration.METHODS, z, given, calibration.Settings(noise=noise))
