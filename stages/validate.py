@@ -61,6 +61,11 @@ def mostly_missing(train: pd.DataFrame, params: Params) -> dict[str, float]:
     return {str(c): float(share) for c, share in shares.items() if share > v.max_null_fraction}
 
 
+def without(frames: dict[str, pd.DataFrame], columns) -> dict[str, pd.DataFrame]:
+    """Every split without ``columns`` (left out of the features), where it has them."""
+    return {s: f.drop(columns=[c for c in columns if c in f.columns]) for s, f in frames.items()}
+
+
 def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str, str]:
     """Feature columns (not listed by the user) that name a row instead of describing it, with why, when
     ``validate.identifiers`` is drop: text with a new value in most rows (ids, names, free text) and whole numbers
@@ -378,7 +383,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         warn("validate", f"column(s) {', '.join(f'{c!r} ({share:.0%} missing)' for c, share in left_out.items())}"
              f" missing in more than validate.max_null_fraction={params.validate_.max_null_fraction:g} of the training rows:"
              " left out of the features (validate.mostly_missing=refuse stops instead).")
-    frames = {s: f.drop(columns=[c for c in left_out if c in f.columns]) for s, f in frames.items()}
+    frames = without(frames, left_out)
     schema = infer_schema(frames["train"], params)
     same_source = ["train", "calib"] + ([] if meta["source"]["test"] else ["test"])
     ids = identifiers(pd.concat([frames[s] for s in same_source], ignore_index=True), schema, params)
@@ -386,7 +391,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         warn("validate", f"column(s) {', '.join(f'{c!r} ({why})' for c, why in ids.items())} look like identifiers,"
              " not features: left out (validate.identifiers=keep, or listing them in data.categorical / data.numeric,"
              " keeps them).")
-        frames = {s: f.drop(columns=[c for c in ids if c in f.columns]) for s, f in frames.items()}
+        frames = without(frames, ids)
         schema = infer_schema(frames["train"], params)
     not_numbers = non_numbers(frames, schema, params)
     if not_numbers:
