@@ -82,7 +82,7 @@ def train_student(params: Params, encoder, train: Table, calib: Table, loss_fn: 
         **fit_args(kd, len(train)),
         seed=params.seed,
         val=calib,
-        patience=kd.patience,
+        patience=kd.patience_for(len(train), kd.patience),
         progress=name,
     )
     return student, result.best_epoch

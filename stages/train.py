@@ -122,7 +122,7 @@ def fit_mlp(params: Params, train_t: Table, calib_t: Table, encoder: Encoder, de
         **fit_args(t, len(train_t)),
         seed=params.seed,
         val=calib_t,
-        patience=t.patience,
+        patience=t.patience_for(len(train_t), t.patience),
         progress="train",
         monitor=t.monitor,
         warmup=t.warmup,

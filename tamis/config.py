@@ -135,11 +135,20 @@ class FitParams(Section):
     """Optimiser steps a fit may take: on a large table fewer passes suffice (1M rows are 7,800 steps an epoch at
     batch 128), so the epochs are cut to fit. It binds only where epochs x rows / batch_size passes it (the
     audit's 25 epochs: above ~100k rows), so small and mid-sized tables train exactly as before."""
+    min_steps: int = Field(0, ge=0)
+    """Optimiser steps a fit takes at least: on a small table an epoch is one or two steps (128 rows at batch 128),
+    so the epochs are stretched to reach this (and early stopping's patience with them). 0: the epochs as set."""
 
     def epochs_for(self, n_rows: int, epochs: int | None = None) -> int:
-        """``epochs`` (default: this section's) cut to what ``max_steps`` allows on ``n_rows`` rows, at least one."""
+        """``epochs`` (default: this section's) stretched to ``min_steps`` and cut to ``max_steps`` on ``n_rows``
+        rows, at least one."""
         per_epoch = max(1, math.ceil(n_rows / self.batch_size))
-        return max(1, min(self.epochs if epochs is None else epochs, self.max_steps // per_epoch))
+        wanted = max(self.epochs if epochs is None else epochs, math.ceil(self.min_steps / per_epoch))
+        return max(1, min(wanted, self.max_steps // per_epoch))
+
+    def patience_for(self, n_rows: int, patience: int) -> int:
+        """``patience`` epochs, stretched as ``min_steps`` stretches the epochs (so it waits as many steps)."""
+        return max(patience, math.ceil(patience * self.epochs_for(n_rows) / self.epochs))
 
     @model_validator(mode="after")
     def _positive_widths(self) -> FitParams:

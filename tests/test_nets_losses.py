@@ -79,6 +79,17 @@ def test_max_steps_cuts_the_epochs_of_a_large_table_only():
     assert len(result.history) == t.epochs_for(len(y)) < 20
 
 
+def test_min_steps_stretches_the_epochs_and_patience_of_a_small_table_only():
+    from tamis.config import TrainParams
+
+    t = TrainParams(epochs=20, batch_size=128, min_steps=100, patience=10)
+    assert t.epochs_for(128) == 100  # one step an epoch: 100 epochs reach 100 steps
+    assert t.patience_for(128, t.patience) == 50  # patience stretched as much: it waits as many steps
+    assert t.epochs_for(128 * 10) == 20  # 10 steps an epoch: the 20 epochs as set already take 200 steps
+    assert t.patience_for(128 * 10, t.patience) == 10
+    assert TrainParams(epochs=20, batch_size=128, min_steps=100, max_steps=50).epochs_for(128) == 50  # max_steps wins
+
+
 def test_early_stopping_keeps_the_best_epoch():
     num, cat, y = _blobs()
     val = Table.of(*_blobs(seed=1))
