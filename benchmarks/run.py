@@ -51,8 +51,24 @@ def describe(doc: str) -> list[str]:
     return out
 
 
+def existing_sections(page: str) -> dict[str, str]:
+    """The current BENCHMARKS.md split by its ``## `` headings, in page order. Results/ is not committed, so a
+    section whose results are not stored on this machine, and every hand-written one, is kept as it was."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in page.splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            sections[current] = []
+        if current is not None:
+            sections[current].append(line)
+    return {title: "\n".join(lines).rstrip() + "\n" for title, lines in sections.items()}
+
+
 def render(quick: bool) -> str:
     info = machine()
+    page = ROOT / "BENCHMARKS.md"
+    kept = existing_sections(page.read_text()) if page.exists() else {}
     parts = [
         "# Benchmarks",
         "",
@@ -63,9 +79,19 @@ def render(quick: bool) -> str:
         "(medians are quoted).",
         "",
     ]
-    for name, title in SECTIONS:
+    targets_title = "Targets: met, missed, and what limits them"
+    order = [t for t in kept if t != targets_title]  # hand-written sections keep their place
+    for i, (_, title) in enumerate(SECTIONS):
+        if title not in order:
+            before = [t for _, t in SECTIONS[:i] if t in order]
+            order.insert(order.index(before[-1]) + 1 if before else 0, title)
+    modules = {title: name for name, title in SECTIONS}
+    for title in order:
+        name = modules.get(title)
         path = RESULTS / f"{name}.json"
-        if not path.exists():
+        if name is None or not path.exists():
+            if title in kept:
+                parts += [kept[title]]
             continue
         module = importlib.import_module(f"benchmarks.{name}")
         result = json.loads(path.read_text())
