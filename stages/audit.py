@@ -16,7 +16,9 @@ of an MLP fit on the train rows, reduced by PCA), cleanlab finds:
 - with Datalab, over all rows at once: outliers, near duplicates, class
   imbalance, non-iid order and underperforming groups on the embeddings' k-NN
   graph (faiss; HNSW above ``EXACT_KNN_ROWS`` rows, so its cost grows about
-  linearly), and rows with nulls on the raw columns;
+  linearly; non-iid order on a sample of ``NON_IID_ROWS`` rows above that
+  many, as its permutation test's memory grows with rows x permutations),
+  and rows with nulls on the raw columns;
 - leakage: rows whose feature values are also in another split, exactly or as
   a near copy (a near duplicate whose raw values agree within
   ``audit.near_copy_tolerance`` standard deviations);
@@ -66,6 +68,8 @@ from tamis.trees import categorical_mask, hgb_inputs
 
 KNN_TYPES = ("outlier", "near_duplicate", "class_imbalance", "non_iid", "underperforming_group")
 EXACT_KNN_ROWS = 20_000
+NON_IID_ROWS = 100_000  # non_iid's permutation test holds 25 permutations x rows x k neighbours as int64 (~5 GiB
+                        # at 1M rows, most of the audit's peak): above this, it tests a random sample in row order
 EL2N_EPOCH = 3  # EL2N: the error L2 norm of the predictions after this many epochs (Paul et al. score early)
 
 
@@ -290,6 +294,18 @@ def _datalab(y: np.ndarray, types: dict[str, dict[str, Any]], **inputs) -> tuple
     return found, lab
 
 
+def non_iid_on_sample(y: np.ndarray, embedding: np.ndarray, probs: np.ndarray, k: int, seed: int):
+    """(flag, score, p-value) of Datalab's non-iid check on ``NON_IID_ROWS`` random rows kept in file order, with
+    their own k-NN graph: the question (do neighbours in feature space sit close in the file?) survives sampling;
+    rows outside the sample score 1 (nothing found) and are never flagged."""
+    sample = np.sort(np.random.default_rng(seed).choice(len(y), NON_IID_ROWS, replace=False))
+    x = np.ascontiguousarray(embedding[sample])
+    found, lab = _datalab(y[sample], {"non_iid": {}}, features=x, pred_probs=probs[sample], knn_graph=knn_graph(x, k))
+    flag, score = np.zeros(len(y), dtype=bool), np.ones(len(y))
+    flag[sample], score[sample] = found["is_non_iid_issue"].to_numpy(), found["non_iid_score"].to_numpy()
+    return flag, score, float(lab.get_info("non_iid")["p-value"])
+
+
 def label_check(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(is_label_issue, label_quality) by confident learning, as Datalab's label check computes them."""
     from cleanlab.filter import find_label_issues
@@ -396,16 +412,20 @@ def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.D
         # DBSCAN's default eps (0.5) suits cosine distances; these are Euclidean, so scale it to the data: the
         # median distance to a neighbour that is not an identical row (titanic's three coarse columns give most rows
         # k identical neighbours, a median of 0, and DBSCAN refuses eps=0)
-        args = {t: {} for t in knn_types}
+        args = {t: {} for t in knn_types if t != "non_iid" or len(rows) <= NON_IID_ROWS}
         if "underperforming_group" in args:
             apart = graph.data[graph.data > 0]
             args["underperforming_group"] = {"clustering_kwargs": {"eps": float(np.median(apart)) if len(apart) else 1.0}}
-        found, lab = _datalab(y, args, features=embedding, pred_probs=probs, knn_graph=graph)
-        for t in knn_types:
+        found, lab = _datalab(y, args, features=embedding, pred_probs=probs, knn_graph=graph) if args else (None, None)
+        for t in args:
             issues[f"is_{t}_issue"] = found[f"is_{t}_issue"].to_numpy()
             issues[f"{t}_score"] = found[f"{t}_score"].to_numpy()
-        if "non_iid" in knn_types:
+        if "non_iid" in args:
             extra["non_iid_p_value"] = float(lab.get_info("non_iid")["p-value"])
+        elif "non_iid" in knn_types:
+            flag, score, extra["non_iid_p_value"] = non_iid_on_sample(y, embedding, probs, a.knn_k, params.seed)
+            issues["is_non_iid_issue"], issues["non_iid_score"] = flag, score
+            extra["non_iid_rows"] = NON_IID_ROWS
         if "leakage" in a.issue_types:
             near_sets = lab.get_info("near_duplicate")["near_duplicate_sets"]
             flag, score, extra["leakage"] = leakage(

@@ -204,3 +204,22 @@ def test_the_family_that_fits_out_of_fold_better_gets_the_weight():
     assert audit.mixture_weights({"mlp": weak, "hgb": good}, y, train_idx) == {"mlp": 0.0, "hgb": 1.0}
     assert audit.mixture_weights({"mlp": good, "hgb": weak}, y, train_idx) == {"mlp": 1.0, "hgb": 0.0}
     assert audit.mixture_weights({"hgb": weak}, y, train_idx) == {"hgb": 1.0}
+
+
+def test_non_iid_order_is_tested_on_a_sample_of_a_large_table(planted, monkeypatch):
+    """Above NON_IID_ROWS the permutation test runs on a sample in file order: a table sorted by class is still
+    found non-iid, rows outside the sample score 1 and are never flagged, and the sample is the same every run."""
+    params = parse_params({"audit": {**FAST_AUDIT, "models": "mlp", "issue_types": ["label", "non_iid"]}})
+    for split in ("train", "calib", "test"):  # every split sorted by class: neighbours sit close in the file
+        path = planted / f"data/validated/{split}.parquet"
+        frame = pd.read_parquet(path).sort_values("label", kind="stable")
+        frame.assign(row_id=np.arange(len(frame))).to_parquet(path, index=False)
+    monkeypatch.setattr(audit, "NON_IID_ROWS", 120)
+    metrics = audit.run(params, planted)
+    issues = pd.read_parquet(planted / paths.ISSUES)
+    sampled = issues["non_iid_score"] < 1.0
+    assert 0 < sampled.sum() <= 120 and len(issues) == 270
+    assert not issues.loc[~sampled, "is_non_iid_issue"].any()
+    assert metrics["non_iid_p_value"] < 0.05 and metrics["non_iid_rows"] == 120
+    audit.run(params, planted)
+    assert pd.read_parquet(planted / paths.ISSUES)["non_iid_score"].equals(issues["non_iid_score"])
