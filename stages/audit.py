@@ -119,8 +119,16 @@ def _fit_mlp(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, devi
     return model, table
 
 
+def el2n(early: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's error L2 norm: the distance of its early probabilities from its label's one-hot vector.
+
+    Taken in the fold's job, so each job sends back n numbers, not n x classes early probabilities.
+    """
+    return np.linalg.norm(early - np.eye(early.shape[1])[y], axis=1)
+
+
 def mlp_probs(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(probs, early probs) of every row from an MLP fit on ``fit_idx``; early: after ``EL2N_EPOCH`` epochs.
+    """(probs, el2n) of every row from an MLP fit on ``fit_idx``; EL2N of the probs after ``EL2N_EPOCH`` epochs.
 
     Where ``max_steps`` cuts the epochs (a large table), early is the same share of the epochs that run.
     """
@@ -133,7 +141,7 @@ def mlp_probs(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, dev
 
     with torch_threads(1):  # one thread per fit: the same bits in a local process or on any Dask worker
         model, table = _fit_mlp(rows, fit_idx, a, seed, device, snapshot)
-        return logits_of(model, table).softmax(1).cpu().numpy(), early["probs"]
+        return logits_of(model, table).softmax(1).cpu().numpy(), el2n(early["probs"], rows.y)
 
 
 def mlp_embedding(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int, device: str) -> np.ndarray:
@@ -149,7 +157,7 @@ def mlp_embedding(rows: Encoded, fit_idx: np.ndarray, a: AuditParams, seed: int,
 
 
 def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
-    """A HistGradientBoosting model fit on ``fit_idx``: (probs, early probs) of every row.
+    """A HistGradientBoosting model fit on ``fit_idx``: (probs, el2n of the early probs) of every row.
 
     "Early" is the same share of its boosting iterations as ``EL2N_EPOCH`` is of the MLP's epochs.
     """
@@ -159,7 +167,7 @@ def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
     model.fit(X[fit_idx], y[fit_idx])
     stage = max(1, math.ceil(model.n_iter_ * min(EL2N_EPOCH, a.epochs) / a.epochs))
     early = next(islice(model.staged_predict_proba(X), stage - 1, None))
-    return model.predict_proba(X), early
+    return model.predict_proba(X), el2n(early, y)
 
 
 def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: bool) -> dict[str, Any]:
@@ -204,14 +212,13 @@ def out_of_sample(rows: pd.DataFrame, schema: Schema, params: Params, embed: boo
     n = len(rows)
     by_kind = {kind: np.zeros((n, n_classes)) for kind in kinds}
     el2n_sum, el2n_count = np.zeros(n), np.zeros(n)
-    onehot = np.eye(n_classes)[y]
-    for (kind, k), (fold_probs, early) in zip(keys, results):
+    for (kind, k), (fold_probs, fold_el2n) in zip(keys, results):
         held, fitted = train_idx[folds[k][1]], np.zeros(n, dtype=bool)
         fitted[train_idx[folds[k][0]]] = True
         by_kind[kind][held] += fold_probs[held]
         by_kind[kind][~is_train] += fold_probs[~is_train] / a.folds
         counts = fitted | ~is_train  # train rows: the folds that fit them; others: every fold
-        el2n_sum[counts] += np.linalg.norm(early - onehot, axis=1)[counts]
+        el2n_sum[counts] += fold_el2n[counts]
         el2n_count[counts] += 1
     weights = mixture_weights(by_kind, y, train_idx)
     probs = sum(w * by_kind[kind] for kind, w in weights.items())
