@@ -67,6 +67,7 @@ QUICK_OVERRIDES = ["audit.epochs=10", "train.epochs=20", "distill.epochs=20"]
 PEERS = ("HGB (noisy labels)", "sklearn MLP (noisy labels)", "CleanLearning(HGB)")
 CEILING = "HGB (clean labels, ceiling)"
 TAMIS = {"teacher": "tamis teacher", "teacher_calibrated": "tamis calibrated teacher", "final": "tamis shipped model"}
+CHECK = "tamis calibration check"  # evaluate's calibration_check: shipped against raw teacher ECE, and the floor
 CELLS = ROOT / "benchmarks" / "results" / "quality_cells"
 
 GENERATED: dict[str, Callable[[bool], pd.DataFrame]] = {
@@ -170,6 +171,13 @@ def one_run(name: str, frame: pd.DataFrame, rate: float, seed: int, workdir: Pat
     if rate > 0:
         result[TAMIS["final"]]["detection"] = detection_scores(issues["is_label_issue"].to_numpy(), flipped[rows])
         result["CleanLearning(HGB)"]["detection"] = detection_scores(cl_flags[rows], flipped[rows])
+    check = tamis.get("calibration_check")
+    if check:  # the shipped ECE against the raw teacher's on the same rows, and what sampling alone would show
+        result[CHECK] = {"ece": check["ece"], "raw_teacher_ece": check["raw_teacher_ece"], "ece_floor": check["ece_floor"],
+                         "minus_raw": check["minus_raw"], "minus_raw_low": check["minus_raw_ci95"][0],
+                         "minus_raw_high": check["minus_raw_ci95"][1], "worse_than_raw": float(check["worse_than_raw"])}
+    calibrate = json.loads((Path(tamis["repo"]) / "metrics/calibrate.json").read_text())
+    result["diagnostics"] = {"calibrate": {k: calibrate.get(k) for k in ("method", "temperature", "label_noise", "candidates")}}
     result["tamis_seconds"] = tamis["wall_seconds"]
     result["tamis_teacher_mlp_weight"] = tamis.get("teacher_mlp_weight", 1.0)
     result["tamis_final_model"] = tamis.get("final_model")
@@ -194,7 +202,9 @@ def cell(mode: str, name: str, frame: pd.DataFrame, rate: float, seed: int, over
         return json.loads(path.read_text())
     with tempfile.TemporaryDirectory(prefix=f"tamis-quality-{name}-") as tmp:
         result = one_run(name, frame, rate, seed, Path(tmp), overrides)
-    record = {"table": name, "noise": rate, "seed": seed, "commit": machine()["commit"], "models": result}
+    diagnostics = result.pop("diagnostics", None)  # not numbers to average: what calibrate chose and why
+    record = {"table": name, "noise": rate, "seed": seed, "commit": machine()["commit"], "models": result,
+              "diagnostics": diagnostics}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -221,6 +231,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     first = runs[0]["models"]
     for model, row in first.items():
+        if any(model not in r["models"] for r in runs):  # a number cells of older code did not record
+            continue
         if isinstance(row, str):  # a name (the shipped model's file): one per seed
             out[model] = [r["models"][model] for r in runs]
             continue
@@ -288,8 +300,9 @@ def table(result: dict[str, Any]) -> str:
 
 def _matrix(cells: dict[str, Any]) -> list[str]:
     lines = ["| table | noise | seeds | HGB | MLP | CleanLearning | ceiling (clean HGB) | tamis teacher | tamis shipped "
-             "| shipped − best peer | ECE shipped / HGB | rarest recall shipped / HGB | detection F1 tamis / CL | s per cell |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| shipped − best peer | ECE shipped / raw teacher / HGB | ECE floor | shipped worse than raw (seeds) "
+             "| rarest recall shipped / HGB | detection F1 tamis / CL | s per cell |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells.values():
         m = c["models"]
         f1 = lambda model: m[model]["macro_f1"]["mean"]
@@ -301,11 +314,21 @@ def _matrix(cells: dict[str, Any]) -> list[str]:
             f"| {c['table']} | {c['noise']:.0%} | {len(c['seeds'])} | {_fmt(hgb['macro_f1'])} "
             f"| {_fmt(m['sklearn MLP (noisy labels)']['macro_f1'])} | {_fmt(m['CleanLearning(HGB)']['macro_f1'])} "
             f"| {_fmt(m[CEILING]['macro_f1'])} | {_fmt(m[TAMIS['teacher']]['macro_f1'])} | {_fmt(shipped['macro_f1'])} "
-            f"| {gap:+.3f} | {shipped['ece']['mean']:.3f} / {hgb['ece']['mean']:.3f} "
+            f"| {gap:+.3f} | {shipped['ece']['mean']:.3f} / {m[TAMIS['teacher']]['ece']['mean']:.3f} / {hgb['ece']['mean']:.3f} "
+            f"| {_check(m, 'ece_floor')} | {_worse(m, len(c['seeds']))} "
             f"| {shipped['rarest_recall']['mean']:.2f} / {hgb['rarest_recall']['mean']:.2f} | {det_s} "
             f"| {m['cell_seconds']['mean']:.0f} |"
         )
     return lines
+
+
+def _check(m: dict[str, Any], key: str) -> str:
+    return f"{m[CHECK][key]['mean']:.3f}" if CHECK in m else "n.r."
+
+
+def _worse(m: dict[str, Any], seeds: int) -> str:
+    """In how many seeds the shipped ECE was above the raw teacher's beyond the paired bootstrap interval."""
+    return f"{round(m[CHECK]['worse_than_raw']['mean'] * seeds)} of {seeds}" if CHECK in m else "n.r."
 
 
 def _old_table(result: dict[str, Any]) -> str:

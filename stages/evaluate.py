@@ -19,9 +19,9 @@ import pandas as pd
 from tamis import paths, tracking
 from tamis.calibration import apply_map
 from tamis.config import Params
-from tamis.contract import Outputs, read_json, stage_main
+from tamis.contract import Outputs, read_json, stage_main, warn
 from tamis.data import ROW_ID, read_split
-from tamis.metrics import ECE_BINS, classification, softmax
+from tamis.metrics import ECE_BINS, bootstrap_ci, classification, ece, ece_floor, paired_difference_ci, softmax
 from tamis.nets import Table, describe, load_model, logits_of
 from tamis.serving import Predictor
 
@@ -60,6 +60,26 @@ def trusted_test(
     }
 
 
+def calibration_check(final: np.ndarray, raw: np.ndarray, y: np.ndarray, bins: int, resamples: int, seed: int) -> dict[str, Any]:
+    """The shipped model's test ECE against the raw teacher's, with bootstrap intervals, and the ECE floor.
+
+    Calibration is fitted on noisy calib labels, so it can make a model worse;
+    the paired interval of the difference says whether it did beyond what the
+    test rows can tell, and the floor what a perfectly calibrated model would
+    still show on them (on a few dozen rows, several points).
+    """
+    metric = lambda p, t: ece(p, t, bins)
+    check: dict[str, Any] = {"ece": ece(final, y, bins), "raw_teacher_ece": ece(raw, y, bins),
+                             "ece_floor": ece_floor(final, bins, seed=seed), "rows": len(y)}
+    check["minus_raw"] = check["ece"] - check["raw_teacher_ece"]
+    if resamples:
+        check["ece_ci95"] = bootstrap_ci(metric, final, y, resamples, seed)
+        check["raw_teacher_ece_ci95"] = bootstrap_ci(metric, raw, y, resamples, seed)
+        check["minus_raw_ci95"] = paired_difference_ci(metric, final, raw, y, resamples, seed)
+        check["worse_than_raw"] = check["minus_raw_ci95"][0] > 0
+    return check
+
+
 def missing_values(train: pd.DataFrame, encoder) -> dict[str, dict[str, Any]]:
     """Feature columns with missing training values and what the encoder fills them with (training and serving alike)."""
     out = {}
@@ -92,6 +112,20 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
         if audit
         else "No noise was injected, so the audit is not scored here.\n"
     )
+    check = metrics.get("calibration_check")
+    calibration_txt = ""
+    if check:
+        calibration_txt = (
+            f"\nShipped ECE {check['ece']:.4f} against the raw (uncalibrated) teacher's {check['raw_teacher_ece']:.4f}"
+        )
+        if "minus_raw_ci95" in check:
+            lo, hi = check["minus_raw_ci95"]
+            verdict = "worse than raw" if check["worse_than_raw"] else ("better than raw" if hi < 0 else "no difference the test rows can tell")
+            calibration_txt += f"; the difference {check['minus_raw']:+.4f} has a 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}]: {verdict}"
+        calibration_txt += (
+            f". A perfectly calibrated model with the shipped model's confidences would still show an ECE of about "
+            f"{check['ece_floor']:.4f} on these {check['rows']} rows.\n"
+        )
     trusted = metrics.get("trusted_test")
     if trusted:
         audit_txt += (
@@ -137,7 +171,7 @@ Teacher: {metrics.get('teacher', 'MLP')} (`train.teacher`, see metrics/train.jso
 | model | accuracy | macro-F1 | ECE (15 bins) | size (bytes) |
 |---|---|---|---|---|
 {rows}
-
+{calibration_txt}
 ## Per-class recall of the shipped model
 
 | class | recall |
@@ -204,6 +238,14 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))
     if audit:
         metrics["audit"] = audit
+    metrics["calibration_check"] = calibration_check(
+        probs["final"], probs["teacher"], y, bins, params.calibrate.bootstrap, params.seed
+    )
+    check = metrics["calibration_check"]
+    if check.get("worse_than_raw"):
+        warn("evaluate", f"the shipped model's test ECE {check['ece']:.3f} is above the raw teacher's "
+             f"{check['raw_teacher_ece']:.3f} beyond the bootstrap interval: calibration on noisy calib labels, or the "
+             "student, made it worse (calibrate.method: none keeps the teacher's own probabilities; see reports/model_card.md).")
     trusted = trusted_test(probs["final"], y, test, issues, bins)
     if trusted:
         metrics["trusted_test"] = trusted

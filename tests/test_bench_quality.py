@@ -14,8 +14,11 @@ def fake_run(gap: float, calls: list):
         row = lambda f1: {"accuracy": f1, "macro_f1": f1, "rarest_recall": f1, "ece": 0.05}
         models = {m: row(0.8) for m in (*quality.PEERS, quality.CEILING)}
         models |= {m: row(0.8 + gap) for m in quality.TAMIS.values()}
+        check = {"ece": 0.05, "raw_teacher_ece": 0.04, "ece_floor": 0.02, "minus_raw": 0.01, "minus_raw_low": -0.01,
+                 "minus_raw_high": 0.03, "worse_than_raw": float(seed == 1)}
         return {**models, "tamis_seconds": 1.0, "cell_seconds": 2.0, "flipped_share": rate,
-                "tamis_final_model": f"variants/student{seed}.onnx"}
+                "tamis_final_model": f"variants/student{seed}.onnx", quality.CHECK: check,
+                "diagnostics": {"calibrate": {"method": "temperature", "temperature": 1.5 + seed}}}
 
     return one_run
 
@@ -42,6 +45,11 @@ def test_cells_are_stored_resumed_and_reported_by_table_and_noise(bench, monkeyp
     quality.main([*argv, "--fresh"])
     assert len(calls) == 8
     assert "Held-out" not in quality.table(result) and "tabular-8 | 20% | 2 |" in quality.table(result)
+    # the shipped ECE against the raw teacher's: seed 1 was worse beyond its interval, and the floor is reported
+    assert "| 0.050 / 0.050 / 0.050 | 0.020 | 1 of 2 |" in quality.table(result), quality.table(result)
+    import json
+    stored = json.loads((bench / "cells" / "full" / "tabular-8_noise20_seed1.json").read_text())
+    assert stored["diagnostics"]["calibrate"]["temperature"] == 2.5 and "diagnostics" not in stored["models"]
 
 
 def test_a_tie_with_a_peer_adds_a_third_seed(bench, monkeypatch):

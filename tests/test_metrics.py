@@ -8,8 +8,10 @@ from tamis.metrics import (
     classification,
     classwise_ece,
     ece,
+    ece_floor,
     mce,
     nll,
+    paired_difference_ci,
     softmax,
 )
 
@@ -85,3 +87,25 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
         assert low <= report[name] <= high and low < high
     assert calibration_report(probs, y, resamples=100, seed=1)["ci95"] == report["ci95"]
     assert "ci95" not in calibration_report(probs, y)
+
+
+def test_ece_floor_shrinks_with_rows_and_vanishes_for_certain_models():
+    rng = np.random.default_rng(0)
+    small, large = rng.dirichlet(np.ones(3) * 0.5, size=80), rng.dirichlet(np.ones(3) * 0.5, size=8000)
+    # a perfectly calibrated model on 80 rows still shows an ECE of several points; on 8,000 far less
+    assert ece_floor(small) > 0.04 and ece_floor(large) < 0.4 * ece_floor(small)
+    assert ece_floor(np.eye(3)[rng.integers(0, 3, 50)]) == 0.0  # confidence 1: always right, no gap
+    assert ece_floor(small, seed=3) == ece_floor(small, seed=3)
+
+
+def test_paired_difference_interval_tells_a_worse_model_from_noise():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    honest = np.where(y[:, None] == np.arange(2), 0.8, 0.2)
+    honest = np.where(rng.random(400)[:, None] < 0.2, 1 - honest, honest)  # right 80% of the time at confidence 0.8
+    sure = np.where(honest > 0.5, 0.99, 0.01)  # the same answers, over-confident
+    metric = lambda p, t: ece(p, t)
+    low, high = paired_difference_ci(metric, sure, honest, y, resamples=200, seed=0)
+    assert 0 < low <= ece(sure, y) - ece(honest, y) <= high  # worse beyond the rows' noise
+    low, high = paired_difference_ci(metric, honest, honest, y, resamples=50, seed=0)
+    assert low == high == 0.0

@@ -89,6 +89,11 @@ def test_evaluate_metrics_are_sane(flow_runs):
         assert ev["by_model"]["final"]["size_bytes"] < ev["by_model"]["teacher"]["size_bytes"]
     else:  # the gate sent the calibrated teacher: the same model, as ONNX
         assert ev["by_model"]["final"]["accuracy"] == pytest.approx(ev["by_model"]["teacher_calibrated"]["accuracy"], abs=0.01)
+    check = ev["calibration_check"]  # the shipped ECE against the raw teacher's, beyond the test rows' noise or not
+    assert check["ece"] == pytest.approx(ev["ece"]) and check["raw_teacher_ece"] == pytest.approx(ev["by_model"]["teacher"]["ece"])
+    low, high = check["minus_raw_ci95"]
+    assert low <= check["minus_raw"] <= high and check["worse_than_raw"] == (low > 0)
+    assert 0 < check["ece_floor"] < 0.05  # 450 test rows of a ~0.95-accurate model: a floor of a point or two
     audit = ev["audit"]  # noise was injected: the audit is scored against the truth
     assert audit["flipped"] > 50 and audit["precision"] > 0.3 and audit["recall"] > 0.3
 
@@ -418,6 +423,7 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     assert re.search(r"^  warning   1 class\(es\) too rare to learn and check", proc.stdout, re.M), proc.stdout[-2000:]
     card = (repo / "reports/model_card.md").read_text()
     assert "Classes too rare to learn and check" in card and "c_rare (3 row(s)" in card, card[:1500]
+    assert "against the raw (uncalibrated) teacher's" in card and "would still show an ECE of about" in card
     assert not (yaml.safe_load((repo / "params.yaml").read_text())["data"]["inject_noise"])
     truth = __import__("pandas").read_parquet(repo / "data/truth/labels.parquet")
     assert truth.empty or not truth["flipped"].any()
