@@ -36,22 +36,6 @@ def split(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFram
     return train_test_split(frame, test_size=0.2, random_state=seed, stratify=frame["label"])
 
 
-def ece_floor(repo: Path, draws: int = 1000) -> float:
-    """Median ECE of a perfectly calibrated model with the shipped model's test confidences.
-
-    Each row is right with probability equal to its confidence; what ECE still
-    measures is the noise of a finite test split, the floor no model beats.
-    """
-    from tamis.data import read_split
-    from tamis.metrics import ece
-    from tamis.serving import Predictor
-
-    conf = Predictor.load(repo / "models").predict_proba(read_split(repo / "data/validated", "test")).max(1)
-    rng = np.random.default_rng(0)
-    probs = np.stack([conf, 1 - conf], axis=1)
-    return float(np.median([ece(probs, (rng.random(len(conf)) >= conf).astype(int)) for _ in range(draws)]))
-
-
 def teacher_confidence(repo: Path) -> dict[str, float]:
     """Mean top-1 confidence and accuracy of the uncalibrated teacher on the test split."""
     from tamis.data import read_split
@@ -75,7 +59,6 @@ def measure(name: str, train: pd.DataFrame, test: pd.DataFrame, overrides: list[
         calibrate = json.loads((repo / "metrics/calibrate.json").read_text())
         distill = json.loads((repo / "metrics/distill.json").read_text())
         conf = teacher_confidence(repo)
-        floor = ece_floor(repo)
     by = result["by_model"]
     overconfident = conf["confidence"] > conf["accuracy"]
     row = {
@@ -98,7 +81,7 @@ def measure(name: str, train: pd.DataFrame, test: pd.DataFrame, overrides: list[
         "teacher_overconfident": overconfident,
         "teacher_confidence": conf,
         "ece_ratio": by["teacher_calibrated"]["ece"] / max(by["teacher"]["ece"], 1e-12),
-        "ece_floor": floor,
+        "ece_floor": result["calibration_check"]["ece_floor"],  # evaluate's: tamis.metrics.ece_floor
     }
     row["targets"] = {
         "smaller_8x": row["smaller_than_teacher"] >= TARGETS["smaller"],
