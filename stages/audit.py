@@ -414,7 +414,8 @@ def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.D
         issues.loc[mask, "label_quality"] = quality
     extra: dict[str, Any] = {}
     if knn_types:
-        embedding = reduce_embedding(oos["embedding"], split == "train", a.embedding_dim)
+        # the fold MLP's features (rows x hidden float32: 0.5 GB at 1M rows) are not needed once reduced
+        embedding = reduce_embedding(oos.pop("embedding"), split == "train", a.embedding_dim)
         graph = knn_graph(embedding, a.knn_k)
         # DBSCAN's default eps (0.5) suits cosine distances; these are Euclidean, so scale it to the data: the
         # median distance to a neighbour that is not an identical row (titanic's three coarse columns give most rows
@@ -429,12 +430,13 @@ def audit_rows(rows: pd.DataFrame, schema: Schema, params: Params) -> tuple[pd.D
             issues[f"{t}_score"] = found[f"{t}_score"].to_numpy()
         if "non_iid" in args:
             extra["non_iid_p_value"] = float(lab.get_info("non_iid")["p-value"])
-        elif "non_iid" in knn_types:
+        near_sets = lab.get_info("near_duplicate")["near_duplicate_sets"] if "leakage" in a.issue_types else None
+        del found, lab, graph  # Datalab keeps its own copy of the k-NN graph and every check's statistics
+        if "non_iid" in knn_types and "non_iid" not in args:
             flag, score, extra["non_iid_p_value"] = non_iid_on_sample(y, embedding, probs, a.knn_k, params.seed)
             issues["is_non_iid_issue"], issues["non_iid_score"] = flag, score
             extra["non_iid_rows"] = NON_IID_ROWS
-        if "leakage" in a.issue_types:
-            near_sets = lab.get_info("near_duplicate")["near_duplicate_sets"]
+        if near_sets is not None:
             flag, score, extra["leakage"] = leakage(
                 rows, schema, near_sets, issues["near_duplicate_score"].to_numpy(), a.near_copy_tolerance
             )

@@ -29,13 +29,10 @@ def _bins(score: np.ndarray, bins: int, equal_mass: bool = False) -> np.ndarray:
 def _gaps(score: np.ndarray, hit: np.ndarray, bins: int, equal_mass: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(share of rows, |mean hit - mean score|) per non-empty bin."""
     which = _bins(score, bins, equal_mass)
-    share, gap = [], []
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            share.append(mask.mean())
-            gap.append(abs(hit[mask].mean() - score[mask].mean()))
-    return np.array(share), np.array(gap)
+    count = np.bincount(which, minlength=bins)
+    hits, scores = np.bincount(which, weights=hit, minlength=bins), np.bincount(which, weights=score, minlength=bins)
+    used = count > 0  # one pass per sum, not a mask per bin: the bootstraps call this hundreds of times
+    return count[used] / len(score), np.abs(hits[used] - scores[used]) / count[used]
 
 
 def _top1(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
