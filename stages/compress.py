@@ -36,7 +36,7 @@ The pieces (pruning, export, quantisation, timing, the gate) live in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -222,10 +222,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     teacher_logits = logits_of(teacher, Table.of(num, cat, y)).numpy()
     noise = None if teacher_cal.get("noise") is None else np.asarray(teacher_cal["noise"])
     cp = params.calibrate
-    # students (KD-softened) may sharpen as the forward correction asks; the teacher's map is fitted as calibrate fits it
-    settings = Settings(cp.odir, cp.histogram_bins, cp.folds, params.seed, noise, soften_only=False)
-    teacher_settings = replace(settings, soften_only=True)
-    reference_probs = out_of_fold(teacher_cal["method"], teacher_logits, y, teacher_settings)
+    settings = Settings(cp.odir, cp.histogram_bins, cp.folds, params.seed, noise)
+    reference_probs = out_of_fold(teacher_cal["method"], teacher_logits, y, settings)
     reference = calib_report(reference_probs, y, noise)
     scoring = Scoring(rows, reference, encoder.classes, settings, c, reference_probs)
 

@@ -92,9 +92,7 @@ def student_calibration(logits: np.ndarray, y: np.ndarray, params: Params, noise
     """The student's own calibrator: ``distill.calibration``, ``auto`` among the parametric methods (temperature first), with the
     teacher's estimate of the calib labels' noise (``noise``, or None)."""
     c = params.calibrate
-    # a KD-softened student is under-confident by construction: its map may sharpen as the forward correction asks
-    settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, None if noise is None else np.asarray(noise),
-                        soften_only=False)
+    settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, None if noise is None else np.asarray(noise))
     return select(params.distill.calibration, STUDENT_CANDIDATES, logits, y, settings)
 
 
