@@ -251,7 +251,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         chosen, passed = pick_shipped(variants)
         fallback = None
         if not passed:  # never ship a variant that failed: the calibrated teacher, exported, is the fallback
-            fallback = Candidate("teacher", teacher, onnx_calibration(teacher_cal, teacher_logits, y, teacher_settings), quantize=False)
+            fallback = Candidate("teacher", teacher, onnx_calibration(teacher_cal, teacher_logits, y, settings), quantize=False)
             files, parity = export_files(fallback, folder, rows, serving, params)
             scored = score_variants(fallback, files, serving, scoring)
             scored["teacher.fp32"].against_fp32 = {"parity_max_abs_error": parity}
