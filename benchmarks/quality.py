@@ -172,7 +172,7 @@ def one_run(name: str, frame: pd.DataFrame, rate: float, seed: int, workdir: Pat
         result[TAMIS["final"]]["detection"] = detection_scores(issues["is_label_issue"].to_numpy(), flipped[rows])
         result["CleanLearning(HGB)"]["detection"] = detection_scores(cl_flags[rows], flipped[rows])
     check = tamis.get("calibration_check")
-    if check:  # the shipped ECE against the raw teacher's on the same rows, and what sampling alone would show
+    if check and "minus_raw_ci95" in check:  # the shipped ECE against the raw teacher's, and what sampling alone shows
         result[CHECK] = {"ece": check["ece"], "raw_teacher_ece": check["raw_teacher_ece"], "ece_floor": check["ece_floor"],
                          "minus_raw": check["minus_raw"], "minus_raw_low": check["minus_raw_ci95"][0],
                          "minus_raw_high": check["minus_raw_ci95"][1], "worse_than_raw": float(check["worse_than_raw"])}
