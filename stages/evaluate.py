@@ -21,7 +21,7 @@ from tamis.calibration import apply_map
 from tamis.config import Params
 from tamis.contract import Outputs, read_json, stage_main, warn
 from tamis.data import ROW_ID, read_split
-from tamis.metrics import ECE_BINS, bootstrap_ci, classification, ece, ece_floor, paired_difference_ci, softmax
+from tamis.metrics import ECE_BINS, bootstrap_values, classification, ece, ece_floor, interval, softmax
 from tamis.nets import Table, describe, load_model, logits_of
 from tamis.serving import Predictor
 
@@ -73,9 +73,10 @@ def calibration_check(final: np.ndarray, raw: np.ndarray, y: np.ndarray, bins: i
                              "ece_floor": ece_floor(final, bins, seed=seed), "rows": len(y)}
     check["minus_raw"] = check["ece"] - check["raw_teacher_ece"]
     if resamples:
-        check["ece_ci95"] = bootstrap_ci(metric, final, y, resamples, seed)
-        check["raw_teacher_ece_ci95"] = bootstrap_ci(metric, raw, y, resamples, seed)
-        check["minus_raw_ci95"] = paired_difference_ci(metric, final, raw, y, resamples, seed)
+        shipped = bootstrap_values(metric, final, y, resamples, seed)
+        teacher = bootstrap_values(metric, raw, y, resamples, seed)  # the same resampled rows: paired
+        check["ece_ci95"], check["raw_teacher_ece_ci95"] = interval(shipped), interval(teacher)
+        check["minus_raw_ci95"] = interval(shipped - teacher)
         check["worse_than_raw"] = check["minus_raw_ci95"][0] > 0
     return check
 
@@ -238,10 +239,9 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))
     if audit:
         metrics["audit"] = audit
-    metrics["calibration_check"] = calibration_check(
+    check = metrics["calibration_check"] = calibration_check(
         probs["final"], probs["teacher"], y, bins, params.calibrate.bootstrap, params.seed
     )
-    check = metrics["calibration_check"]
     if check.get("worse_than_raw"):
         warn("evaluate", f"the shipped model's test ECE {check['ece']:.3f} is above the raw teacher's "
              f"{check['raw_teacher_ece']:.3f} beyond the bootstrap interval: calibration on noisy calib labels, or the "

@@ -35,6 +35,12 @@ def _gaps(score: np.ndarray, hit: np.ndarray, bins: int, equal_mass: bool = Fals
     return count[used] / len(score), np.abs(hits[used] - scores[used]) / count[used]
 
 
+def _weighted_gap(score: np.ndarray, hit: np.ndarray, bins: int, equal_mass: bool = False) -> float:
+    """The row-weighted mean of the bins' |mean hit - mean score|: an ECE of any score against any hit."""
+    share, gap = _gaps(score, hit, bins, equal_mass)
+    return float((share * gap).sum())
+
+
 def _top1(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     probs, y = np.asarray(probs), np.asarray(y)
     return probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
@@ -44,16 +50,14 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error of the top-1 confidence, equal-width bins."""
     if len(y) == 0:
         return float("nan")
-    share, gap = _gaps(*_top1(probs, y), bins)
-    return float((share * gap).sum())
+    return _weighted_gap(*_top1(probs, y), bins)
 
 
 def adaptive_ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE with equal-mass bins: every bin holds the same number of rows, so none is nearly empty."""
     if len(y) == 0:
         return float("nan")
-    share, gap = _gaps(*_top1(probs, y), bins, equal_mass=True)
-    return float((share * gap).sum())
+    return _weighted_gap(*_top1(probs, y), bins, equal_mass=True)
 
 
 def mce(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -68,11 +72,7 @@ def classwise_ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> flo
     probs, y = np.asarray(probs), np.asarray(y)
     if len(y) == 0:
         return float("nan")
-    per_class = []
-    for k in range(probs.shape[1]):
-        share, gap = _gaps(probs[:, k], (y == k).astype(np.float64), bins)
-        per_class.append((share * gap).sum())
-    return float(np.mean(per_class))
+    return float(np.mean([_weighted_gap(probs[:, k], (y == k).astype(np.float64), bins) for k in range(probs.shape[1])]))
 
 
 def nll(probs: np.ndarray, y: np.ndarray, eps: float = 1e-12) -> float:
@@ -136,26 +136,19 @@ def bootstrap_ci(
     metric, probs: np.ndarray, y: np.ndarray, resamples: int = 200, seed: int = 0, level: float = 0.95
 ) -> list[float]:
     """Percentile bootstrap interval [low, high] of ``metric(probs, y)`` over rows drawn with replacement."""
-    values = [metric(probs[idx], y[idx]) for idx in _resamples(len(y), resamples, seed)]
-    return _interval(values, level)
+    return interval(bootstrap_values(metric, probs, y, resamples, seed), level)
 
 
-def paired_difference_ci(
-    metric, probs: np.ndarray, baseline: np.ndarray, y: np.ndarray, resamples: int = 200, seed: int = 0,
-    level: float = 0.95,
-) -> list[float]:
-    """Percentile bootstrap interval of ``metric(probs) - metric(baseline)``, both scored on the same resampled rows:
-    what the two models share cancels, so the interval says whether one is worse than the other beyond the rows' noise."""
-    values = [metric(probs[idx], y[idx]) - metric(baseline[idx], y[idx]) for idx in _resamples(len(y), resamples, seed)]
-    return _interval(values, level)
-
-
-def _resamples(n: int, resamples: int, seed: int):
+def bootstrap_values(metric, probs: np.ndarray, y: np.ndarray, resamples: int = 200, seed: int = 0) -> np.ndarray:
+    """``metric(probs, y)`` on each of ``resamples`` row sets drawn with replacement. The same seed draws the same
+    rows, so two models' values subtract pairwise: what they share cancels in the difference's interval."""
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, n, n) for _ in range(resamples))
+    n = len(y)
+    return np.array([metric(probs[idx], y[idx]) for idx in (rng.integers(0, n, n) for _ in range(resamples))])
 
 
-def _interval(values: list[float], level: float) -> list[float]:
+def interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """The central ``level`` percentile interval [low, high] of bootstrap values."""
     tail = (1.0 - level) / 2 * 100
     return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
 
@@ -171,11 +164,7 @@ def ece_floor(probs: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: i
     if len(conf) == 0:
         return float("nan")
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(draws):
-        share, gap = _gaps(conf, (rng.random(len(conf)) < conf).astype(np.float64), bins)
-        values.append(float((share * gap).sum()))
-    return float(np.median(values))
+    return float(np.median([_weighted_gap(conf, (rng.random(len(conf)) < conf).astype(np.float64), bins) for _ in range(draws)]))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
