@@ -10,9 +10,11 @@ measured and reported (``argmax_changed``) beside its scores. ``method: auto``
 scores every method by out-of-fold NLL over stratified folds of the
 calibration split and takes the simplest within one standard error of the
 best. With noisy calib labels (``noise_aware``) the NLL is forward-corrected
-and ``auto`` tries only temperature, the identity and vector scaling, none of
-which may sharpen (``calibration.NOISE_AWARE``). The "after" numbers are
-out-of-fold too: no row is scored by a map fitted on it.
+and ``auto`` tries only temperature, the identity and vector scaling
+(``calibration.NOISE_AWARE``). ``auto`` refuses a map that moves the argmax
+and lowers the calib split's macro-F1 (noise-corrected), and says so in its
+candidate's ``refused``. The "after" numbers are out-of-fold too: no row is
+scored by a map fitted on it.
 """
 
 from __future__ import annotations

@@ -174,12 +174,27 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _clean_counts(given: np.ndarray, unmix: np.ndarray, k: int) -> np.ndarray:
+    """How many of these rows' clean labels are each class, estimated from their given labels: the given histogram
+    h is the clean one mixed by T (h = h_clean T), so h T^-1, clipped at 0."""
+    return np.clip(np.bincount(given, minlength=k).astype(np.float64) @ unmix, 0.0, None)
+
+
+def noise_corrected_macro_f1(pred: np.ndarray, y: np.ndarray, noise: np.ndarray | None) -> float:
+    """Macro-F1 of predictions ``pred`` against the clean labels, estimated from noisy ones ``y`` (``noise`` None:
+    ``y`` taken as clean). Each predicted class's column of the confusion matrix is unmixed through T^-1."""
+    k = len(noise) if noise is not None else int(max(pred.max(), y.max())) + 1
+    unmix = np.eye(k) if noise is None else np.linalg.inv(noise)
+    confusion = np.stack([_clean_counts(y[pred == c], unmix, k) for c in range(k)], axis=1)  # [clean, predicted]
+    right, predicted, actual = np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1)
+    return float(np.mean(np.where(predicted + actual > 0, 2 * right / np.maximum(predicted + actual, 1e-12), 0.0)))
+
+
 def noise_corrected_ece(probs: np.ndarray, y: np.ndarray, noise: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE against the clean labels, estimated from noisy ones ``y`` with ``noise[true, given] = P(given | true)``.
 
-    Per confidence bin and predicted class, the given labels' histogram h is a
-    clean histogram mixed by T (h = h_clean T), so h T^-1 estimates how many of
-    the bin's predictions are truly right (clipped to [0, 1]).
+    Per confidence bin and predicted class, the given labels unmixed through T^-1
+    estimate how many of the bin's predictions are truly right (clipped to [0, 1]).
     """
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     which = _bins(conf, bins)
@@ -190,7 +205,7 @@ def noise_corrected_ece(probs: np.ndarray, y: np.ndarray, noise: np.ndarray, bin
         rows = which == b
         right = 0.0
         for c in np.unique(pred[rows]):
-            h = np.bincount(y[rows & (pred == c)], minlength=k).astype(np.float64)
-            right += float(np.clip((h @ unmix)[c], 0.0, h.sum()))
+            hits = rows & (pred == c)
+            right += float(min(_clean_counts(y[hits], unmix, k)[c], hits.sum()))
         total += abs(right / rows.sum() - conf[rows].mean()) * rows.sum()
     return float(total / len(y))

@@ -6,12 +6,13 @@ import pytest
 import stage_chain
 import torch
 from conftest import mixed_table
+from sklearn.metrics import f1_score
 
 from stages import calibrate
 from tamis import calibration
 from tamis.config import CalibrateParams, ConfigError, Params, parse_params
 from tamis.contract import StageError
-from tamis.metrics import ece, nll, noise_corrected_ece, softmax
+from tamis.metrics import ece, nll, noise_corrected_ece, noise_corrected_macro_f1, softmax
 
 
 def _sampled(n, k=4, seed=0, distort=lambda z: z * 3.0):
@@ -205,6 +206,32 @@ def test_auto_takes_a_richer_map_when_classes_are_miscalibrated_differently():
     assert cal["method"] != "temperature"
     assert scores["temperature"]["nll_gap"] > scores["temperature"]["nll_gap_se"]
     assert scores[cal["method"]]["argmax_changed"] > 0  # documented: a per-class map may change predictions
+
+
+def test_auto_refuses_a_map_that_buys_nll_by_predicting_only_the_head_class():
+    # 97:3 binary labels and a weak model: the NLL-best one-vs-rest map calls (nearly) every row the head class
+    rng = np.random.default_rng(0)
+    y = rng.choice(2, size=2000, p=[0.97, 0.03])
+    z = rng.normal(size=(2000, 2))
+    z[np.arange(2000), y] += 1.0
+    s = calibration.Settings()
+    cal, scores, _ = calibration.select("auto", calibration.METHODS, z, y, s)
+    row_nll = {m: calibration.label_nll(calibration.out_of_fold(m, z, y, s), y, None) for m in scores}
+    by_nll, _ = calibration.within_one_se(row_nll, tuple(scores))  # what auto took before the guard
+    assert "moves the argmax" in scores[by_nll]["refused"]
+    assert (calibration.apply_map(calibration.fit_map(by_nll, z, y, s), z).argmax(1) == 1).mean() < 0.01
+    own = noise_corrected_macro_f1(z.argmax(1), y, None)
+    assert "refused" not in scores[cal["method"]] and scores[cal["method"]]["macro_f1"] >= own
+    assert scores["temperature"]["macro_f1"] == pytest.approx(own)  # a temperature never moves it, so never refused
+
+
+def test_noise_corrected_macro_f1_sees_through_the_label_noise():
+    z, clean, given, noise = _noisy(4000, 0.3, seed=5)
+    pred = z.argmax(1)
+    truth = f1_score(clean, pred, average="macro")
+    assert abs(noise_corrected_macro_f1(pred, given, noise) - truth) < 0.03
+    assert f1_score(given, pred, average="macro") < truth - 0.1  # the noisy labels alone understate it
+    assert noise_corrected_macro_f1(pred, clean, None) == pytest.approx(truth)
 
 
 def test_out_of_fold_scores_no_row_with_a_map_fitted_on_it():
