@@ -26,6 +26,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.exceptions import TerminationSignal
 
+from flows import dvc_session
 from tamis import drift, dvcfiles, lock, paths, processes, tracking
 from tamis.contract import warning_prefix
 from tamis.errors import StageError
@@ -76,10 +77,11 @@ def stage_names(repo: Path) -> list[str]:
 
 
 def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run DVC from this environment, with this environment's ``python`` first on PATH."""
+    """Run DVC from this environment, with this environment's ``python`` first on PATH (in the run's one DVC
+    process while ``dvc_session.session`` is open)."""
     env = dict(env or os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return processes.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env)
+    return dvc_session.run(repo, list(args), env)
 
 
 REMOTE_ENV = "TAMIS_DVC_REMOTE"  # a folder, s3://..., gs://...: where clones and workers share stage results
@@ -307,7 +309,8 @@ def retrain(repo: str = ".", overrides: list[str] | None = None) -> dict[str, An
     with claim(root):
         before = (root / "params.yaml").read_bytes()
         try:
-            return _run_pipeline(root, list(overrides or []))
+            with dvc_session.session(root):
+                return _run_pipeline(root, list(overrides or []))
         except BaseException:
             if (root / "params.yaml").read_bytes() != before:
                 (root / "params.yaml").write_bytes(before)

@@ -64,20 +64,30 @@ def stop_group(proc: subprocess.Popen, group: int | None = None) -> None:
             continue
 
 
-def run(cmd: list[str], cwd: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, capture_output=True, text=True)``, supervised: stopped with tamis, whatever stops it."""
-    env = {**env, PARENT_ENV: str(os.getpid())}
+def start(cmd: list[str], cwd: str | Path, env: dict[str, str], **popen) -> subprocess.Popen:
+    """``cmd`` started under the supervisor, in a process group of its own; end it with :func:`finish`."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tamis.processes", *cmd],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=cwd, env={**env, PARENT_ENV: str(os.getpid())}, text=True, start_new_session=True, **popen,
     )
     _LIVE.add(proc)
+    return proc
+
+
+def finish(proc: subprocess.Popen) -> None:
+    """Stop what is still running of a :func:`start`-ed group (interrupted, or not needed any more)."""
+    if proc.poll() is None:
+        stop_group(proc)
+    _LIVE.discard(proc)
+
+
+def run(cmd: list[str], cwd: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)``, supervised: stopped with tamis, whatever stops it."""
+    proc = start(cmd, cwd, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate()
     finally:
-        if proc.poll() is None:  # interrupted while it ran
-            stop_group(proc)
-        _LIVE.discard(proc)
+        finish(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
