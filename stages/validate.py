@@ -115,16 +115,28 @@ def non_numbers(frames: dict[str, pd.DataFrame], schema: Schema, params: Params)
         texts = [f[col].dropna() for f in frames.values() if col in f.columns and not pd.api.types.is_numeric_dtype(f[col])]
         values = pd.concat(texts) if texts else pd.Series(dtype=object)
         wrong = values[~values.astype(str).str.contains(NUMBER)]
+        numbers = [f[col][_infinite(f[col])] for f in frames.values() if col in f.columns and pd.api.types.is_numeric_dtype(f[col])]
+        wrong = pd.concat([wrong.astype(str), *(n.astype(str) for n in numbers)])  # +-inf: a division by zero upstream
         if len(wrong):
-            found[col] = {"values": int(len(wrong)), "examples": list(dict.fromkeys(wrong.astype(str)))[:3]}
+            found[col] = {"values": int(len(wrong)), "examples": list(dict.fromkeys(wrong))[:3]}
     return found
 
 
+def _infinite(s: pd.Series) -> pd.Series:
+    """Values of a numeric column past +-1e300 (inf): no model can take them, and no fill is learned from them."""
+    values = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        return pd.Series(~np.isnan(values) & ~((values >= -1e300) & (values <= 1e300)), index=s.index)
+
+
 def as_missing(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """``frame`` with the values of ``columns`` that are not numbers set to missing."""
+    """``frame`` with the values of ``columns`` that are not (finite) numbers set to missing."""
     out = frame.copy()
-    for col in [c for c in columns if c in out.columns and not pd.api.types.is_numeric_dtype(out[c])]:
-        out[col] = out[col].where(out[col].isna() | out[col].astype(str).str.contains(NUMBER))
+    for col in [c for c in columns if c in out.columns]:
+        if pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].astype(np.float64).mask(_infinite(out[col]))
+        else:
+            out[col] = out[col].where(out[col].isna() | out[col].astype(str).str.contains(NUMBER))
     return out
 
 
@@ -397,7 +409,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     if not_numbers:
         warn("validate", "numeric column(s) " + ", ".join(
             f"{c!r} ({n['values']} value(s) such as {', '.join(map(repr, n['examples']))})" for c, n in not_numbers.items())
-            + " hold values that are not numbers: read as missing values and filled (validate.non_numeric=refuse stops instead).")
+            + " hold values that are not (finite) numbers: read as missing values and filled"
+            " (validate.non_numeric=refuse stops instead).")
         frames = {s: as_missing(f, list(not_numbers)) for s, f in frames.items()}
     report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}, "columns_left_out": left_out,
                               "identifiers_left_out": ids, "non_numbers_as_missing": not_numbers, "dates_as_days": dates}

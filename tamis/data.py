@@ -79,7 +79,8 @@ def looks_like_dates(s: pd.Series, share: float) -> bool:
 
 def as_numbers(s: pd.Series) -> pd.Series:
     """A numeric column as float64, the same in validate and serving: a date or time (a timestamp, or ISO text)
-    as days since 1970-01-01 (UTC), text that is not a number as missing (``validate.non_numeric``'s default)."""
+    as days since 1970-01-01 (UTC), text that is not a number and +-inf as missing (``validate.non_numeric``'s
+    default)."""
     if pd.api.types.is_datetime64_any_dtype(s):
         if s.dt.tz is not None:
             s = s.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -87,7 +88,8 @@ def as_numbers(s: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(s, errors="coerce")
     if not pd.api.types.is_numeric_dtype(s) and numbers.isna().all() and looks_like_dates(s, 0.5):
         return as_numbers(parse_dates(s))  # serving: a date column as the user's text
-    return numbers.astype(np.float64)
+    numbers = numbers.astype(np.float64)
+    return numbers.where(numbers.abs() <= 1e300)  # +-inf: missing, as validate reads it
 
 
 def parse_dates(s: pd.Series) -> pd.Series:
@@ -339,8 +341,9 @@ class Encoder:
             text = [c for c in self.numeric if not pd.api.types.is_numeric_dtype(block[c])]
             if text:  # dates as days, a value that is not a number as missing: as validate reads them
                 block = block.assign(**{c: as_numbers(block[c]) for c in text})
-            num = block.to_numpy(dtype=np.float64)
-            num = np.where(np.isnan(num), np.asarray(self.fill), num)
+            num = block.to_numpy(dtype=np.float64, na_value=np.nan)
+            with np.errstate(invalid="ignore"):
+                num = np.where(np.isnan(num) | (np.abs(num) > 1e300), np.asarray(self.fill), num)  # +-inf: missing
             if self.numeric_transform == "quantile":
                 num = np.column_stack([quantile_normal(num[:, j], q) for j, q in enumerate(self.quantiles)])
             else:

@@ -94,7 +94,7 @@ def write_input(case: str, tmp_path: Path) -> list[str]:
         return [f"data.train={bad}", "data.rare_classes=refuse"]
     if case == "label_nulls":  # likewise
         return [f"data.train={bad}", "data.missing_labels=refuse"]
-    if case == "non_numeric":  # likewise (read as missing)
+    if case in ("non_numeric", "infinite"):  # likewise (read as missing)
         return [f"data.train={bad}", "validate.non_numeric=refuse"]
     return [f"data.train={bad}"]
 
@@ -290,7 +290,7 @@ def test_values_that_are_not_numbers_are_read_as_missing_by_default_in_training_
         code, err = stage_cli(repo, step, monkeypatch, capsys)
         assert code == 0, err
     assert ("tamis validate: warning: numeric column(s) 'x1' (3 value(s) such as 'abc', '?') hold values that are not"
-            " numbers: read as missing values and filled") in err
+            " (finite) numbers: read as missing values and filled") in err
     splits = {s: pd.read_parquet(repo / f"data/validated/{s}.parquet") for s in ("train", "calib", "test")}
     assert sum(int(f["x1"].isna().sum()) for f in splits.values()) == 3 and splits["train"]["x1"].dtype == np.float64
     assert json.loads((repo / "metrics/validate.json").read_text())["non_numbers_as_missing"]["x1"]["values"] == 3
@@ -301,6 +301,32 @@ def test_values_that_are_not_numbers_are_read_as_missing_by_default_in_training_
     x1 = schema.numeric.index("x1")
     assert num[0, x1] * encoder.scale[x1] + encoder.center[x1] == pytest.approx(np.nanmedian(splits["train"]["x1"]), abs=1e-4)
     assert num[1, x1] * encoder.scale[x1] + encoder.center[x1] == pytest.approx(1.5, abs=1e-4)
+
+
+def test_infinite_values_are_read_as_missing_by_default_in_training_and_serving(good_workspace, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """A ratio column divided by zero upstream holds inf; HGB and every model refuse it, a fill does not."""
+    import json
+
+    from tamis.data import Encoder, Schema
+
+    repo = tmp_path / "repo"
+    shutil.copytree(good_workspace, repo, symlinks=True)
+    frame = broken(mixed_table(300), "infinite")
+    frame.loc[9, "x2"] = -np.inf
+    frame.to_csv(tmp_path / "inf.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'inf.csv'}")
+    for step in ("ingest", "validate"):
+        code, err = stage_cli(repo, step, monkeypatch, capsys)
+        assert code == 0, err
+    assert "numeric column(s) 'x2' (2 value(s) such as 'inf', '-inf') hold values that are not (finite) numbers" in err
+    splits = {s: pd.read_parquet(repo / f"data/validated/{s}.parquet") for s in ("train", "calib", "test")}
+    assert sum(int(f["x2"].isna().sum()) for f in splits.values()) == 2
+    assert all(np.isfinite(f["x2"].dropna()).all() for f in splits.values())
+    schema = Schema(**json.loads((repo / "data/validated/schema.json").read_text()))
+    encoder = Encoder.fit(splits["train"], schema)
+    num, _ = encoder.transform(pd.DataFrame({"x1": [0.0, 0.0], "x2": [np.inf, np.nan], "color": ["red", "red"]}))
+    assert np.isfinite(num).all() and num[0].tolist() == num[1].tolist()  # served as a missing value is
 
 
 def test_tamis_run_on_bad_input_says_one_sentence_without_prefects_traceback(tmp_path):
