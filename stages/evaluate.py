@@ -25,6 +25,7 @@ from tamis.metrics import ECE_BINS, bootstrap_values, classification, ece, ece_f
 from tamis.nets import Table, describe, load_model, logits_of
 from tamis.serving import Predictor
 
+ECE_TOLERANCE = 1e-4  # a shipped ECE this close to the raw teacher's is the same number (the card prints 4 decimals)
 
 
 def audit_scores(issues: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float] | None:
@@ -77,7 +78,9 @@ def calibration_check(final: np.ndarray, raw: np.ndarray, y: np.ndarray, bins: i
         teacher = bootstrap_values(metric, raw, y, resamples, seed)  # the same resampled rows: paired
         check["ece_ci95"], check["raw_teacher_ece_ci95"] = interval(shipped), interval(teacher)
         check["minus_raw_ci95"] = interval(shipped - teacher)
-        check["worse_than_raw"] = check["minus_raw_ci95"][0] > 0
+        # worse by more than rounding: a shipped teacher whose calibration is the identity differs from the raw one by
+        # float32 ONNX against torch (~1e-8), and a paired interval of ~1e-8 wide lies above 0 for that alone
+        check["worse_than_raw"] = check["minus_raw_ci95"][0] > ECE_TOLERANCE
     return check
 
 

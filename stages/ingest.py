@@ -26,11 +26,26 @@ import pandas as pd
 from tamis import paths, review, tracking
 from tamis.config import DataParams, NoiseParams, Params
 from tamis.contract import Outputs, StageError, dumps, stage_main, warn
-from tamis.data import ROW_ID, fold_labels, label_key, label_spellings, load_source, looks_like_id, shown, split_frame
+from tamis.data import (
+    ROW_ID,
+    fold_labels,
+    label_key,
+    label_spellings,
+    load_source,
+    looks_like_id,
+    reserved_renames,
+    shown,
+    split_frame,
+)
 
 
 def _load(source: str, label: str, key: str) -> pd.DataFrame:
     frame = load_source(source, label, key)
+    renamed = reserved_renames(frame.columns)
+    if renamed:
+        warn("ingest", f"column(s) {', '.join(f'{a!r} (as {b!r})' for a, b in renamed.items())} of {source} share a name"
+             " with a column tamis adds, so tamis reads them by another name; serving takes either.")
+        frame = frame.rename(columns=renamed)
     if label not in frame.columns:
         shown = ", ".join(list(frame.columns)[:8]) + (", ..." if frame.shape[1] > 8 else "")
         raise StageError(f"data.label: column '{label}' is not in {source} (its columns: {shown}).")

@@ -28,7 +28,7 @@ import pandas as pd
 from tamis import dvcfiles, paths, registry, tracking
 from tamis.config import Params
 from tamis.contract import read_json, stage_main
-from tamis.data import ROW_ID, Schema, read_split
+from tamis.data import ROW_ID, Schema, read_split, user_names
 from tamis.promotion import Decision, Scores, decide, row_digests, score
 
 SEEN_ROWS = "lineage/seen_rows.parquet"  # in each version's run: digests of the rows it trained or calibrated on
@@ -67,6 +67,7 @@ def register(params: Params, root: Path, client, name: str, parent_run_id: str |
     gate = read_json(root / paths.metrics("compress"))["gate"]
     test = read_split(root / paths.VALIDATED, "test")
     features = test.drop(columns=[ROW_ID, params.data.label]).head(5)
+    features = features.rename(columns=user_names(features.columns))  # the served table's names are the user's
     keys = ["promote", "data.label", "data.train", "data.test"]
     with tracking.stage_run("promote", params, root, parent_run_id, keys=keys) as run, warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values: the validated schema already refuses nulls

@@ -56,13 +56,40 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
     if frame.empty:
         raise StageError(f"{key}: '{source}' has no rows.")
     frame.columns = [str(c) for c in frame.columns]
-    reserved = [c for c in frame.columns if c in META_COLUMNS]
-    if reserved:
+    if label in META_COLUMNS and label in frame.columns:
         raise StageError(
-            f"{key}: column(s) {', '.join(map(repr, reserved))} in {source} are reserved for tamis"
-            f" ({', '.join(META_COLUMNS)}); rename them."
+            f"data.label: the label column '{label}' in {source} has a name tamis keeps for its own columns"
+            f" ({', '.join(META_COLUMNS)}); rename it."
         )
     return frame
+
+
+def reserved_renames(columns) -> dict[str, str]:
+    """Feature columns named like a column tamis adds (``META_COLUMNS``: a 'weight' or 'split' feature is common),
+    and the names tamis reads them by: the name with '_' appended until it is free. Serving renames the same way
+    (:func:`as_trained`), so a served table keeps the user's names."""
+    taken, out = set(columns), {}
+    for column in columns:
+        if column in META_COLUMNS:
+            new = f"{column}_"
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            out[column] = new
+    return out
+
+
+def user_names(columns) -> dict[str, str]:
+    """The inverse of :func:`reserved_renames` on ``columns``: tamis's name of a feature -> the user's."""
+    return {c: c.rstrip("_") for c in columns if c.rstrip("_") in META_COLUMNS and c != c.rstrip("_")
+            and c.rstrip("_") not in columns}
+
+
+def as_trained(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """A served table with its feature columns under the names training read them by (:func:`reserved_renames`)."""
+    renames = {f.rstrip("_"): f for f in features
+               if f not in frame.columns and f.rstrip("_") in META_COLUMNS and f.rstrip("_") in frame.columns}
+    return frame.rename(columns=renames) if renames else frame
 
 
 ISO_DATE = r"^\s*\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\s*$"

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from tamis.data import user_names
 from tamis.errors import StageError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -176,11 +177,12 @@ model.predict(pd.read_parquet(sys.argv[2])).to_parquet(sys.argv[3])
 def predict_isolated(model_uri: str, frame: pd.DataFrame, tracking_uri: str, timeout: int = 600) -> pd.DataFrame:
     """``model_uri``'s pyfunc predictions of ``frame``, computed in a separate ``python -I`` process.
 
-    The version is scored with the code it was logged with, not with this tree's modules.
+    The version is scored with the code it was logged with, not with this tree's modules, and ``frame`` (validated
+    rows) goes in under the user's column names, as a served table would.
     """
     with tempfile.TemporaryDirectory(prefix="tamis-score-") as tmp:
         src, dst = Path(tmp) / "in.parquet", Path(tmp) / "out.parquet"
-        frame.to_parquet(src, index=False)
+        frame.rename(columns=user_names(frame.columns)).to_parquet(src, index=False)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["MLFLOW_TRACKING_URI"] = tracking_uri
         env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

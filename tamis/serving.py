@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tamis.data import Encoder
+from tamis.data import Encoder, as_trained
 
 
 class Predictor:
@@ -52,7 +52,7 @@ class Predictor:
         return self.session.run(["logits"], self.feeds(num, cat))[0]
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.proba_encoded(*self.encoder.transform(frame))
+        return self.proba_encoded(*self.encoder.transform(as_trained(frame, self.encoder.numeric + self.encoder.categorical)))
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         probs = self.predict_proba(frame)

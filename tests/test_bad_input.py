@@ -68,7 +68,7 @@ def broken(frame: pd.DataFrame, case: str) -> pd.DataFrame:
         frame["label"] = frame["label"].str[1:].astype(int)
         frame.loc[frame.index[:3], "label"] = 6
     elif case == "reserved":
-        frame["weight"] = 1.0
+        frame = frame.rename(columns={"label": "split"})  # a label named like a column tamis adds
     elif case == "duplicate_columns":
         frame = pd.concat([frame, frame[["x1"]]], axis=1)  # the CSV header says x1 twice
     return frame
@@ -90,6 +90,8 @@ def write_input(case: str, tmp_path: Path) -> list[str]:
         test.loc[4, "label"] = "c9"
         test.to_csv(tmp_path / "test.csv", index=False)
         return [f"data.train={bad}", f"data.test={tmp_path / 'test.csv'}", "data.rare_classes=refuse"]
+    if case == "reserved":
+        return [f"data.train={bad}", "data.label=split"]
     if case in ("tiny_class", "int_tiny_class"):  # dropped with a warning unless asked to refuse (below)
         return [f"data.train={bad}", "data.rare_classes=refuse"]
     if case == "label_nulls":  # likewise
@@ -116,7 +118,8 @@ CASES = [
     ("int_tiny_class", "validate", r"^tamis validate: .*bad\.csv \(train split\): class 6 has \d training row\(s\)"),
     ("directory", "ingest", r"^tamis ingest: data\.train: '.*' is a directory; expected a \.csv or \.parquet file\.$"),
     ("duplicate_columns", "ingest", r"^tamis ingest: data\.train: .*bad\.csv has duplicate column names 'x1'"),
-    ("reserved", "ingest", r"^tamis ingest: data\.train: column\(s\) 'weight' in .*bad\.csv are reserved for tamis"),
+    ("reserved", "ingest", r"^tamis ingest: data\.label: the label column 'split' in .*bad\.csv has a name tamis keeps"
+     r" for its own columns \(row_id, split, weight, .*\); rename it\.$"),
     ("stray_test_label", "validate", r"^tamis validate: .*test\.csv \(test split\): label column 'label' holds classes"
      r" the training split lacks \(e\.g\. 'c9'\)"),
 ]

@@ -111,3 +111,16 @@ def test_paired_difference_interval_tells_a_worse_model_from_noise():
     assert 0 < low <= ece(sure, y) - ece(honest, y) <= high  # worse beyond the rows' noise
     low, high = paired(honest, honest, 50)
     assert low == high == 0.0  # one seed, the same rows: the difference is paired
+
+
+def test_the_calibration_check_calls_a_shipped_model_worse_only_beyond_rounding():
+    """A shipped teacher whose calibration is the identity is the raw teacher as float32 ONNX: ~1e-8 apart."""
+    from stages.evaluate import calibration_check
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 3)) * 2.0
+    raw = softmax(z)
+    y = np.array([rng.choice(3, p=p) for p in softmax(z * 0.5)])  # raw is over-confident in every bin
+    hair = calibration_check(softmax(np.log(raw) * (1 + 1e-6)), raw, y, 15, 200, 0)  # a hair sharper: worse by ~1e-7
+    assert hair["minus_raw_ci95"][0] > 0 and not hair["worse_than_raw"]
+    assert calibration_check(softmax(np.log(raw) * 3.0), raw, y, 15, 200, 0)["worse_than_raw"]
