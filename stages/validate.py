@@ -39,6 +39,7 @@ from tamis.data import (
     Schema,
     as_numbers,
     feature_columns,
+    infinite,
     looks_like_dates,
     looks_like_id,
     parse_dates,
@@ -123,10 +124,8 @@ def non_numbers(frames: dict[str, pd.DataFrame], schema: Schema, params: Params)
 
 
 def _infinite(s: pd.Series) -> pd.Series:
-    """Values of a numeric column past +-1e300 (inf): no model can take them, and no fill is learned from them."""
-    values = s.to_numpy(dtype=np.float64, na_value=np.nan)
-    with np.errstate(invalid="ignore"):
-        return pd.Series(~np.isnan(values) & ~((values >= -1e300) & (values <= 1e300)), index=s.index)
+    """:func:`tamis.data.infinite` of a numeric column, as a mask beside it."""
+    return pd.Series(infinite(s.to_numpy(dtype=np.float64, na_value=np.nan)), index=s.index)
 
 
 def as_missing(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -217,8 +216,7 @@ def column_table(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     numbers = [c for c in present if c in numeric and pd.api.types.is_numeric_dtype(frame[c])]
     texts = [c for c in present if c in numeric and not pd.api.types.is_numeric_dtype(frame[c])]
     values = frame[numbers].to_numpy(dtype=np.float64, na_value=np.nan)
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isnan(values) & ~((values >= -1e300) & (values <= 1e300))
+    bad = infinite(values)
     table.loc[numbers, "numeric_dtype"] = True
     table.loc[numbers, "bad_numbers"] = bad.sum(axis=0)
     for j in np.flatnonzero(bad.any(axis=0)):

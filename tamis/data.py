@@ -104,6 +104,12 @@ def looks_like_dates(s: pd.Series, share: float) -> bool:
     return bool(len(values)) and float(values.astype(str).str.match(ISO_DATE).mean()) >= share
 
 
+def infinite(values: np.ndarray) -> np.ndarray:
+    """Which float values lie past +-1e300 (inf): no model takes them, so validate and serving read them as missing."""
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(values) & ~((values >= -1e300) & (values <= 1e300))
+
+
 def as_numbers(s: pd.Series) -> pd.Series:
     """A numeric column as float64, the same in validate and serving: a date or time (a timestamp, or ISO text)
     as days since 1970-01-01 (UTC), text that is not a number and +-inf as missing (``validate.non_numeric``'s
@@ -116,7 +122,7 @@ def as_numbers(s: pd.Series) -> pd.Series:
     if not pd.api.types.is_numeric_dtype(s) and numbers.isna().all() and looks_like_dates(s, 0.5):
         return as_numbers(parse_dates(s))  # serving: a date column as the user's text
     numbers = numbers.astype(np.float64)
-    return numbers.where(numbers.abs() <= 1e300)  # +-inf: missing, as validate reads it
+    return numbers.mask(infinite(numbers.to_numpy()))  # +-inf: missing, as validate reads it
 
 
 def parse_dates(s: pd.Series) -> pd.Series:
@@ -369,8 +375,7 @@ class Encoder:
             if text:  # dates as days, a value that is not a number as missing: as validate reads them
                 block = block.assign(**{c: as_numbers(block[c]) for c in text})
             num = block.to_numpy(dtype=np.float64, na_value=np.nan)
-            with np.errstate(invalid="ignore"):
-                num = np.where(np.isnan(num) | (np.abs(num) > 1e300), np.asarray(self.fill), num)  # +-inf: missing
+            num = np.where(np.isnan(num) | infinite(num), np.asarray(self.fill), num)  # +-inf: missing
             if self.numeric_transform == "quantile":
                 num = np.column_stack([quantile_normal(num[:, j], q) for j, q in enumerate(self.quantiles)])
             else:
