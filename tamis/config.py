@@ -282,6 +282,7 @@ class ResampleParams(Section):
 
 class TrainParams(FitParams):
     epochs: int = Field(20, ge=1)
+    min_steps: int = Field(1000, ge=0)
     patience: int = Field(10, ge=1)
     monitor: Literal["macro_f1", "nll"] = "macro_f1"
     """Early stopping watches this on the calibration split; the best epoch is kept."""
@@ -334,6 +335,7 @@ class CalibrateParams(Section):
 
 class DistillParams(FitParams):
     hidden: list[int] = Field(default_factory=lambda: [96], min_length=1)
+    min_steps: int = Field(1000, ge=0)
     patience: int = Field(10, ge=1)
     loss: Literal["kd", "dkd", "nkd"] = "kd"
     temperature: float = Field(4.0, gt=0.0)

@@ -22,10 +22,12 @@ FAST = [
     "audit.epochs=3",
     "audit.hidden=[32]",
     "train.epochs=4",
+    "train.min_steps=0",
     "train.hidden=[64, 32]",
     "train.patience=2",
     "train.hgb_max_iter=40",
     "distill.epochs=4",
+    "distill.min_steps=0",
     "distill.hidden=[16]",
     "distill.patience=2",
 ]

@@ -22,9 +22,11 @@ from tamis.contract import dumps
 SMALL = [
     "train.hidden=[48, 24]",
     "train.epochs=10",
+    "train.min_steps=0",
     "train.hgb_max_iter=40",
     "distill.hidden=[16]",
     "distill.epochs=10",
+    "distill.min_steps=0",
     "calibrate.bootstrap=20",
     "compress.finetune_epochs=3",
     "compress.quant_rows=128",

@@ -68,7 +68,7 @@ def test_fit_learns_and_is_deterministic():
 def test_max_steps_cuts_the_epochs_of_a_large_table_only():
     from tamis.config import TrainParams
 
-    t = TrainParams(epochs=20, batch_size=32, max_steps=40)
+    t = TrainParams(epochs=20, batch_size=32, max_steps=40, min_steps=0)
     assert t.epochs_for(300) == 4  # 10 steps an epoch: 4 epochs fit in 40 steps
     assert t.epochs_for(32) == 20  # 1 step an epoch: the epochs as set
     assert t.epochs_for(10_000) == 1  # never fewer than one pass

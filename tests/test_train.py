@@ -14,7 +14,7 @@ from tamis.data import ROW_ID, Schema
 from tamis.nets import load_model
 
 SCHEMA = Schema(label="label", numeric=["x1", "x2"], categorical=["color"], classes=["c0", "c1", "c2"])
-FAST = {"epochs": 4, "hidden": [32, 16], "patience": 2, "batch_size": 64, "teacher": "mlp"}
+FAST = {"epochs": 4, "hidden": [32, 16], "patience": 2, "batch_size": 64, "teacher": "mlp", "min_steps": 0}
 
 
 @pytest.fixture(scope="module")
