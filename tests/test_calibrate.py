@@ -296,3 +296,21 @@ def test_many_classes_leave_the_full_matrix_calibrators_out_and_say_so():
     assert time.perf_counter() - start < 60
     assert set(calibration.skipped(calibration.METHODS, k)) == {"matrix", "dirichlet"}
     assert calibration.skipped(calibration.METHODS, calibration.MAX_FULL_MATRIX_CLASSES) == {}
+
+
+def test_noise_aware_temperature_finds_the_minimum_past_the_plateau_of_an_over_confident_model():
+    """Forward-corrected NLL is flat near T = 1 for a model at margins of 10-25 (every probability saturated) and has
+    its minimum at a large T; a fit started at T = 1 stays on the plateau (titanic at 35% noise: T = 0.015)."""
+    rng = np.random.default_rng(0)
+    margin = np.r_[rng.uniform(15, 25, 100), rng.uniform(10, 20, 50)]
+    agree = np.r_[rng.random(100) < 0.8, rng.random(50) < 0.5]  # sure rows right 80% of the time, the rest a coin toss
+    pred = rng.integers(0, 2, 150)
+    logits = np.zeros((150, 2))
+    logits[np.arange(150), pred] = margin
+    y = np.where(agree, pred, 1 - pred)
+    noise = np.array([[0.75, 0.25], [0.25, 0.75]])
+    cal = calibration.fit_map("temperature", logits, y, calibration.Settings(noise=noise))
+    fitted = calibration.label_nll(softmax(logits / cal["temperature"]), y, noise).mean()
+    at_one = calibration.label_nll(softmax(logits), y, noise).mean()
+    assert cal["temperature"] > 5.0
+    assert fitted < at_one - 0.02
