@@ -335,7 +335,6 @@ class CalibrateParams(Section):
 
 class DistillParams(FitParams):
     hidden: list[int] = Field(default_factory=lambda: [96], min_length=1)
-    min_steps: int = Field(1000, ge=0)
     patience: int = Field(10, ge=1)
     loss: Literal["kd", "dkd", "nkd"] = "kd"
     temperature: float = Field(4.0, gt=0.0)

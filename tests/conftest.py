@@ -27,7 +27,6 @@ FAST = [
     "train.patience=2",
     "train.hgb_max_iter=40",
     "distill.epochs=4",
-    "distill.min_steps=0",
     "distill.hidden=[16]",
     "distill.patience=2",
 ]

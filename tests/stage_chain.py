@@ -26,7 +26,6 @@ SMALL = [
     "train.hgb_max_iter=40",
     "distill.hidden=[16]",
     "distill.epochs=10",
-    "distill.min_steps=0",
     "calibrate.bootstrap=20",
     "compress.finetune_epochs=3",
     "compress.quant_rows=128",
