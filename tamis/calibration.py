@@ -186,10 +186,10 @@ def _linear_fit(
         loss += odir * (off**2).sum() / max(1, k * (k - 1))
         return loss, np.concatenate([(gw + 2 * odir * off / max(1, k * (k - 1))).ravel(), gb])
 
-    init = {"temperature": np.zeros(1), "vector": np.r_[np.ones(k), np.zeros(k)]}.get(method, np.r_[eye.ravel(), np.zeros(k)])
     bounds = None  # no wrong prediction to learn from: the NLL falls without end as T -> 0, so never sharpen
     if method in SHARPEN_NEEDS_AN_ERROR and (x.argmax(axis=1) == y).all():
         bounds = [(0.0, None)] if method == "temperature" else [(None, 1.0)] * k + [(None, None)] * k
+    init = np.r_[eye.ravel(), np.zeros(k)]  # matrix: the identity map
     if method in SHARPEN_NEEDS_AN_ERROR:  # start from the best of a grid of temperatures, not from T = 1
         grid = [t for t in TEMPERATURE_GRID if bounds is None or t >= 1.0]
         starts = [np.log([t]) if method == "temperature" else np.r_[np.full(k, 1.0 / t), np.zeros(k)] for t in grid]
