@@ -241,6 +241,9 @@ class CorrectParams(Section):
     calibration and the compression gate score on (a noisy label there teaches under-confidence)."""
     calib_max_drop_fraction: float = Field(0.2, ge=0.0, le=0.5)
     """Never drop more than this share of any one class of the calibration split."""
+    label_issue_check: bool = True
+    """Check out of fold that acting on the label issues does not lower a tree model's macro-F1; where it clearly
+    does, keep the flagged train and calib rows as they came (stages/correct.py)."""
 
 
 ResampleMethod = Literal[

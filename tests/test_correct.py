@@ -87,7 +87,7 @@ def test_run_records_every_change(tmp_path):
     issues = issues_for(["a", "a", "a", "b", "b", "b"], ["b", "a", "a", "b", "b", "a"], [0.9] * 6)
     issues["is_label_issue"] = [True, False, False, False, False, True]
     write_inputs(tmp_path, issues, ["a", "b"])
-    settings = {"label_issue": "relabel", "relabel_threshold": 0.8, "leakage": "keep"}
+    settings = {"label_issue": "relabel", "relabel_threshold": 0.8, "leakage": "keep", "label_issue_check": False}
     metrics = correct.run(parse_params({"correct": settings}), tmp_path)
     out = pd.read_parquet(tmp_path / "data/corrected/train.parquet")
     assert out["label"].tolist() == ["b", "a", "a", "b", "b", "a"] and (out["weight"] == 1.0).all()
@@ -136,3 +136,49 @@ def test_bad_corrections_stop_and_keep_outputs(tmp_path, labels, settings, messa
     with pytest.raises(StageError, match=message):
         correct.run(parse_params({"correct": {"leakage": "keep", **settings}}), tmp_path)
     assert previous.read_text() == "previous"
+
+
+def blocks(n: int = 320) -> pd.DataFrame:
+    """An audit table whose one feature x (the row id) gives the class in blocks of 40: 'b' in the odd blocks."""
+    labels = np.where((np.arange(n) // 40) % 2 == 1, "b", "a").tolist()
+    return issues_for(labels, labels, [0.9] * n)
+
+
+def test_label_issue_check_refuses_flags_that_cut_a_region_out_of_a_class(tmp_path, capsys):
+    """Flagged: every row of every other 'b' block (half of 'b', within the drop budget). Dropping them leaves those
+    regions to 'a', so the out-of-fold model misses half of 'b': the check keeps them, in train and in calib."""
+    issues = blocks()
+    x = issues["row_id"].to_numpy()
+    issues["is_label_issue"] = (x // 40) % 4 == 1
+    calib = issues_for(["a"] * 5 + ["b"] * 5, ["a"] * 5 + ["b"] * 5, [0.9] * 10).assign(row_id=np.arange(1000, 1010))
+    calib["is_label_issue"] = [False] * 5 + [True] + [False] * 4
+    write_inputs(tmp_path, issues, ["a", "b"], calib)
+    settings = {"label_issue": "drop", "leakage": "keep"}
+    metrics = correct.run(parse_params({"correct": settings}), tmp_path)
+    check = metrics["label_issue_check"]
+    assert not check["helps"] and check["gain"] < -0.1 and check["gain"] < -check["gain_se"]
+    assert len(pd.read_parquet(tmp_path / "data/corrected/train.parquet")) == 320
+    assert len(pd.read_parquet(tmp_path / "data/corrected/calib.parquet")) == 10
+    assert metrics["dropped"] == 0 and "correct.label_issue_check" in capsys.readouterr().err
+
+    off = correct.run(parse_params({"correct": {**settings, "label_issue_check": False}}), tmp_path)
+    assert off["label_issue_check"] is None and off["dropped"] == 80
+    assert len(pd.read_parquet(tmp_path / "data/corrected/calib.parquet")) == 9
+
+
+def test_label_issue_check_trusts_flags_that_find_flipped_labels():
+    """30% of the labels flipped at random; the flags are exactly the flipped rows. Dropping them must score better
+    against the held-out rows' given (still noisy) labels, and the check must say so."""
+    rng = np.random.default_rng(0)
+    issues = blocks(400)
+    flipped = rng.random(400) < 0.3
+    given = np.where(flipped, np.where(issues["given_label"] == "a", "b", "a"), issues["given_label"])
+    issues["given_label"] = given
+    issues["is_label_issue"] = flipped
+    train = rows_of(issues)
+    schema = correct.Schema("label", ["x"], [], ["a", "b"])
+    c = parse_params({"correct": {"label_issue": "drop", "leakage": "keep", "max_drop_fraction": 0.5}}).correct
+    acted, as_given = correct.plan(issues, c), correct.plan(issues, c.model_copy(update={"label_issue": "keep"}))
+    check = correct.label_issue_check(train, schema, acted, as_given, folds=3, seed=0)
+    assert check["helps"] and check["gain"] > check["gain_se"] > 0
+    assert check["macro_f1_acted"] > check["macro_f1_as_given"]
