@@ -130,6 +130,16 @@ def model_card(metrics: dict[str, Any], classes: list[Any]) -> str:
             f". A perfectly calibrated model with the shipped model's confidences would still show an ECE of about "
             f"{check['ece_floor']:.4f} on these {check['rows']} rows.\n"
         )
+    label_check = metrics.get("label_issue_check")
+    if label_check:
+        verdict = ("acted on them" if label_check["helps"] else
+                   "kept them as they came, labels and rows (`correct.label_issue_check`)")
+        audit_txt += (
+            f"\nBefore acting on the audit's label issues, trees fitted out of fold with and without the actions scored "
+            f"a macro-F1 of {label_check['macro_f1_acted']:.4f} against {label_check['macro_f1_as_given']:.4f} on the "
+            f"held-out rows' given labels (difference {label_check['gain']:+.4f}, standard error "
+            f"{label_check['gain_se']:.4f}), so `correct` {verdict}.\n"
+        )
     trusted = metrics.get("trusted_test")
     if trusted:
         audit_txt += (
@@ -237,6 +247,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "columns_left_out": validated.get("columns_left_out") or {},
         "identifiers_left_out": validated.get("identifiers_left_out") or {},
         "non_numbers_as_missing": validated.get("non_numbers_as_missing") or {},
+        "label_issue_check": read_json(root / paths.metrics("correct")).get("label_issue_check"),
     }
     issues = pd.read_parquet(root / paths.ISSUES)
     audit = audit_scores(issues, pd.read_parquet(root / paths.TRUTH))

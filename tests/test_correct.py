@@ -182,3 +182,16 @@ def test_label_issue_check_trusts_flags_that_find_flipped_labels():
     check = correct.label_issue_check(train, schema, acted, as_given, folds=3, seed=0)
     assert check["helps"] and check["gain"] > check["gain_se"] > 0
     assert check["macro_f1_acted"] > check["macro_f1_as_given"]
+
+
+@pytest.mark.parametrize("helps, says", [(False, "kept them as they came"), (True, "acted on them")])
+def test_the_model_card_says_what_the_label_issue_check_decided(helps, says):
+    from stages.evaluate import model_card
+
+    scores = {"accuracy": 0.9, "macro_f1": 0.9, "ece": 0.02, "size_bytes": 1000, "per_class_recall": [0.9, 0.9]}
+    check = {"macro_f1_acted": 0.36, "macro_f1_as_given": 0.388, "gain": -0.028, "gain_se": 0.015, "helps": helps}
+    card = model_card({"by_model": {"final": scores}, "final_model": "variants/teacher.fp32.onnx", "test_rows": 10,
+                       "label_issue_check": check}, ["a", "b"])
+    assert "0.3600 against 0.3880" in card and "difference -0.0280" in card and says in card
+    assert "Before acting" not in model_card({"by_model": {"final": scores}, "final_model": "x.onnx", "test_rows": 10,
+                                              "label_issue_check": None}, ["a", "b"])
