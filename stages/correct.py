@@ -38,7 +38,6 @@ flipped ones where classes are small or overlap (a clean 26-class table lost
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ import pandas as pd
 
 from tamis import paths, tracking
 from tamis.config import AUDIT_ISSUE_TYPES, CorrectParams, Params
-from tamis.contract import Outputs, StageError, stage_main
+from tamis.contract import Outputs, StageError, stage_main, warn
 from tamis.data import ROW_ID, Encoder, Schema, issue_columns, read_split
 from tamis.trees import categorical_mask, fit_hgb, hgb_inputs
 
@@ -215,9 +214,9 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         as_given = plan(issues, c.model_copy(update={"label_issue": "keep"}))
         check = label_issue_check(train, schema, actions, as_given, min(CHECK_FOLDS, params.audit.folds), params.seed)
         if check and not check["helps"]:
-            print(f"tamis correct: acting on the audit's label issues lowered the out-of-fold macro-F1 of a tree model "
-                  f"by {-check['gain']:.3f} (standard error {check['gain_se']:.3f}); the flagged rows of train and calib "
-                  "are kept as they came (correct.label_issue_check)", file=sys.stderr)
+            warn("correct", f"acting on the audit's label issues lowered the out-of-fold macro-F1 of a tree model by "
+                 f"{-check['gain']:.3f} (standard error {check['gain_se']:.3f}); the flagged train and calib rows are "
+                 "kept as they came (correct.label_issue_check)")
             actions, c = as_given, c.model_copy(update={"label_issue": "keep", "calib_label_issue": "keep"})
     trusted = trusted_calib(calib, all_issues, schema, c)
     actions = actions.assign(original_label=train[schema.label].to_numpy())
