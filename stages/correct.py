@@ -33,7 +33,7 @@ against the held-out rows' given labels. Where acting is worse by more than
 its bootstrap standard error, the flagged rows (train and calib) are kept as
 they came: confident learning flags hard-but-correct rows as readily as
 flipped ones where classes are small or overlap (a clean 26-class table lost
-29% of its rows to it).
+27% of its rows to it).
 """
 
 from __future__ import annotations
