@@ -130,36 +130,35 @@ def label_issue_check(train: pd.DataFrame, schema: Schema, acted: pd.DataFrame, 
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     rows = np.arange(len(train))
-    given = train[schema.label].astype(str).to_numpy()
-    classes = {c: i for i, c in enumerate(sorted(set(given)))}
     if len(rows) > CHECK_ROWS:
-        rows, _ = train_test_split(rows, train_size=CHECK_ROWS, stratify=given, random_state=seed)
-    y = np.array([classes[c] for c in given[rows]])
-    folds = min(folds, int(np.bincount(y).min()))
+        rows, _ = train_test_split(rows, train_size=CHECK_ROWS, stratify=train[schema.label].astype(str),
+                                   random_state=seed)
+    sample = train.iloc[rows]
+    encoder = Encoder.fit(sample, schema)
+    y = encoder.labels(sample[schema.label], "train split")
+    present = np.unique(y)
+    folds = min(folds, int(np.bincount(y)[present].min()))
     if folds < 2:
         return None
-    encoder = Encoder.fit(train.iloc[rows], schema)
-    x = hgb_inputs(*encoder.transform(train.iloc[rows]))
+    x = hgb_inputs(*encoder.transform(sample))
     mask = categorical_mask(len(encoder.numeric), encoder.cardinalities)
     predicted = {"acted": np.zeros(len(rows), int), "as_given": np.zeros(len(rows), int)}
     for fit_idx, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, y):
         for name, plan_ in (("acted", acted), ("as_given", as_given)):
             p = plan_.iloc[rows[fit_idx]]
             use = (p["action"] != "drop").to_numpy()
-            labels = np.array([classes.get(str(c), -1) for c in p["new_label"].to_numpy()[use]])
-            model = fit_hgb(x[fit_idx][use], labels, p["weight"].to_numpy()[use], mask, len(classes),
+            labels = encoder.labels(p["new_label"][use], "correct's plan")
+            model = fit_hgb(x[fit_idx][use], labels, p["weight"].to_numpy()[use], mask, len(encoder.classes),
                             CHECK_ITER, CHECK_LEARNING_RATE, 31, seed)
             predicted[name][held] = model.predict(x[held])
-    score = lambda pred, idx: f1_score(y[idx], pred[idx], average="macro", labels=range(len(classes)), zero_division=0)
-    everyone = np.arange(len(y))
-    gain = score(predicted["acted"], everyone) - score(predicted["as_given"], everyone)
+    score = lambda pred, idx: f1_score(y[idx], pred[idx], average="macro", labels=present, zero_division=0)
+    f1_acted, f1_as_given = score(predicted["acted"], slice(None)), score(predicted["as_given"], slice(None))
     rng = np.random.default_rng(seed)
     draws = [score(predicted["acted"], d) - score(predicted["as_given"], d)
              for d in (rng.integers(0, len(y), len(y)) for _ in range(CHECK_DRAWS))]
-    se = float(np.std(draws))
-    return {"rows": len(y), "folds": folds, "macro_f1_acted": score(predicted["acted"], everyone),
-            "macro_f1_as_given": score(predicted["as_given"], everyone), "gain": float(gain), "gain_se": se,
-            "helps": bool(gain >= -se)}
+    gain, se = float(f1_acted - f1_as_given), float(np.std(draws))
+    return {"rows": len(y), "folds": folds, "macro_f1_acted": float(f1_acted), "macro_f1_as_given": float(f1_as_given),
+            "gain": gain, "gain_se": se, "helps": bool(gain >= -se)}
 
 
 def check_classes(actions: pd.DataFrame, schema: Schema) -> None:
@@ -208,8 +207,9 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     all_issues = pd.read_parquet(root / paths.ISSUES)
     issues = issues_of(all_issues, "train", train)
     c = params.correct
+    original = train[schema.label].to_numpy()
     actions, check = plan(issues, c), None
-    check_classes(actions.assign(original_label=train[schema.label].to_numpy()), schema)
+    check_classes(actions.assign(original_label=original), schema)
     if c.label_issue_check and c.label_issue != "keep" and issues["is_label_issue"].any():
         as_given = plan(issues, c.model_copy(update={"label_issue": "keep"}))
         check = label_issue_check(train, schema, actions, as_given, min(CHECK_FOLDS, params.audit.folds), params.seed)
@@ -219,7 +219,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
                  "kept as they came (correct.label_issue_check)")
             actions, c = as_given, c.model_copy(update={"label_issue": "keep", "calib_label_issue": "keep"})
     trusted = trusted_calib(calib, all_issues, schema, c)
-    actions = actions.assign(original_label=train[schema.label].to_numpy())
+    actions = actions.assign(original_label=original)
     kept = train[(actions["action"] != "drop").to_numpy()].copy()
     kept_actions = actions[actions["action"] != "drop"]
     new_labels = pd.Series(kept_actions["new_label"].to_numpy(), index=kept.index)
