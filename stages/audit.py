@@ -48,6 +48,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+# At import, not inside _fit_hgb: a Dask worker imports this module when it unpickles a fold job, before running it;
+# imported inside the job, a worker's first import of scikit-learn raced another thread's and failed ("partially
+# initialized module sklearn.utils._metadata_requests", tests/test_dask.py, one fresh clone in three).
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from tamis import paths, reports, review, runtime, tracking
 from tamis.config import AuditParams, Params
@@ -161,8 +165,6 @@ def _fit_hgb(X, y, fit_idx, categorical, a: AuditParams, seed):
 
     "Early" is the same share of its boosting iterations as ``EL2N_EPOCH`` is of the MLP's epochs.
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     model = HistGradientBoostingClassifier(max_iter=a.hgb_max_iter, categorical_features=categorical, random_state=seed)
     model.fit(X[fit_idx], y[fit_idx])
     stage = max(1, math.ceil(model.n_iter_ * min(EL2N_EPOCH, a.epochs) / a.epochs))
