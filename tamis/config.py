@@ -345,6 +345,8 @@ class DistillParams(FitParams):
     dkd_alpha: float = Field(1.0, ge=0.0)
     dkd_beta: float = Field(8.0, ge=0.0)
     nkd_gamma: float = Field(1.5, ge=0.0)
+    transfer_rows: float = Field(3.0, ge=0.0)
+    """Synthetic rows per training row (mixups of two, labelled by the teacher) the distilled student also learns from."""
     calibration: Literal["auto", "none", "temperature", "vector", "matrix", "dirichlet"] = "auto"
     """The student's own calibration: parametric only, so it is baked into the ONNX graph."""
 

@@ -85,3 +85,37 @@ def test_a_student_as_wide_as_the_teacher_is_refused(distilled, tmp_path):
     stage_chain.set_params(root, "distill.hidden=[48, 24]")
     with pytest.raises(StageError, match=r"distill.hidden \[48, 24\] is not smaller than the teacher's train.hidden"):
         distill.run(stage_chain.params_of(root), root)
+
+
+def test_transfer_rows_are_mixups_of_training_rows_labelled_by_the_teacher(distilled, monkeypatch):
+    teacher, encoder, _ = load_model(distilled / "models/teacher.pt")
+    cal = json.loads((distilled / "models/calibration.json").read_text())
+    frame = pd.read_parquet(distilled / "data/resampled/train.parquet")
+    table = Table.of(*encoder.transform(frame), encoder.labels(frame["label"]))
+    table.soft = distill.soft_targets(teacher, cal, table)
+    n = len(table)
+    assert distill.with_transfer_rows(teacher, cal, table, 0.0, seed=0) is table
+
+    both = distill.with_transfer_rows(teacher, cal, table, 2.0, seed=0)
+    assert len(both) == 3 * n and torch.equal(both.index, torch.arange(3 * n))
+    assert torch.equal(both.num[:n], table.num) and torch.equal(both.soft[:n], table.soft) and torch.equal(both.y[:n], table.y)
+    mixed = Table(both.num[n:], both.cat[n:], both.y[n:], both.weight[n:])
+    assert torch.allclose(both.soft[n:], distill.soft_targets(teacher, cal, mixed), atol=1e-6)
+    assert torch.equal(both.y[n:], both.soft[n:].argmax(1))
+    # numeric columns interpolate between two rows: inside the training rows' range, and mostly not a copy of one
+    assert (both.num[n:] >= table.num.min(0).values - 1e-6).all() and (both.num[n:] <= table.num.max(0).values + 1e-6).all()
+    assert (torch.cdist(both.num[n:], table.num).min(1).values > 1e-4).float().mean() > 0.5
+    # categoricals come from a parent: every (column, code) pair seen in the synthetic rows is one the training rows have
+    for col in range(table.cat.shape[1]):
+        assert set(both.cat[n:, col].tolist()) <= set(table.cat[:, col].tolist())
+    again = distill.with_transfer_rows(teacher, cal, table, 2.0, seed=0)
+    assert torch.equal(again.num, both.num) and not torch.equal(distill.with_transfer_rows(teacher, cal, table, 2.0, seed=1).num, both.num)
+
+    monkeypatch.setattr(distill, "MAX_TRANSFER_ROWS", 10)
+    assert len(distill.with_transfer_rows(teacher, cal, table, 2.0, seed=0)) == n + 10
+
+
+def test_stage_reports_its_transfer_rows(distilled):
+    metrics = json.loads((distilled / "metrics/distill.json").read_text())
+    rows = len(pd.read_parquet(distilled / "data/resampled/train.parquet"))
+    assert metrics["transfer_rows"] == min(3 * rows, distill.MAX_TRANSFER_ROWS)
