@@ -8,7 +8,7 @@ calibrator the teacher uses. The loss mixes a distillation term (weight
 decoupled KD (DKD) or normalised KD (NKD), see ``stages/losses.py``.
 
 The distilled student also learns from ``transfer_rows`` synthetic rows per
-training row (at most ``MAX_TRANSFER_ROWS``), each a mixup of two training rows
+training row (at most ``nets.MAX_MIXUP_ROWS``), each a mixup of two training rows
 labelled by the teacher (Bucila et al.'s model compression): on a small table
 the training rows alone show the student too little of the teacher's function
 (on the default digits table it stayed 1.8 points under the teacher on the
@@ -49,13 +49,12 @@ from tamis.nets import (
     resolve_device,
     save_model,
     seed_everything,
+    with_mixup_rows,
 )
 
 # temperature first: a distilled student is rarely calibrated as it comes (KD softens it), so within one standard
 # error temperature scaling is preferred to the identity; the identity stays a candidate
 STUDENT_CANDIDATES = ("temperature", "none") + tuple(m for m in PARAMETRIC if m not in ("temperature", "none"))
-MAX_TRANSFER_ROWS = 100_000  # past this the training rows themselves cover the teacher's function
-MIXUP_BETA = 0.4  # the mixing weight's Beta(a, a): most synthetic rows stay near one of their two parents
 
 
 def soft_targets(teacher: MLP, cal: dict, table: Table) -> torch.Tensor:
@@ -63,30 +62,6 @@ def soft_targets(teacher: MLP, cal: dict, table: Table) -> torch.Tensor:
     teacher.eval().requires_grad_(False)
     probs = apply_map(cal, logits_of(teacher, table).cpu().numpy())
     return torch.as_tensor(np.log(probs), dtype=torch.float32, device=table.y.device)
-
-
-def with_transfer_rows(teacher: MLP, cal: dict, table: Table, per_row: float, seed: int) -> Table:
-    """``table`` (its soft targets set) plus ``per_row`` synthetic rows per row, each a mixup of two random rows
-    (numeric columns interpolated, categoricals from the nearer parent, weights mixed) with the teacher's soft
-    targets and its argmax as label."""
-    n = min(int(per_row * len(table)), MAX_TRANSFER_ROWS)
-    if n == 0:
-        return table
-    rng = np.random.default_rng(seed)
-    dev = table.y.device
-    i, j = (torch.as_tensor(rng.integers(0, len(table), n), device=dev) for _ in range(2))
-    lam = torch.as_tensor(rng.beta(MIXUP_BETA, MIXUP_BETA, n), dtype=torch.float32, device=dev)
-    mixed = Table(
-        num=lam[:, None] * table.num[i] + (1 - lam[:, None]) * table.num[j],
-        cat=torch.where((lam >= 0.5)[:, None], table.cat[i], table.cat[j]),
-        y=table.y[i],
-        weight=lam * table.weight[i] + (1 - lam) * table.weight[j],
-    )
-    mixed.soft = soft_targets(teacher, cal, mixed)
-    mixed.y = mixed.soft.argmax(1)
-    both = Table(*(torch.cat([getattr(table, f), getattr(mixed, f)]) for f in ("num", "cat", "y", "weight", "soft")))
-    both.index = torch.arange(len(both), device=dev)
-    return both
 
 
 def distill_loss(kd: DistillParams) -> LossFn:
@@ -145,7 +120,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     fit_rows = calibration_rows(root, params.calibrate.calib_rows)  # the student's calibration, as the teacher's
     cal_t = Table.of(*encoder.transform(fit_rows), encoder.labels(fit_rows[label]), device=device)
     train_t.soft = soft_targets(teacher, teacher_cal, train_t)
-    transfer = with_transfer_rows(teacher, teacher_cal, train_t, kd.transfer_rows, params.seed)
+    transfer = with_mixup_rows(train_t, kd.transfer_rows, params.seed, lambda rows: soft_targets(teacher, teacher_cal, rows))
     y = cal_t.y.cpu().numpy()
     with tracking.stage_run("distill", params, root):
         students, report = {}, {}

@@ -146,6 +146,37 @@ class Table:
         )
 
 
+MAX_MIXUP_ROWS = 100_000  # past this the training rows themselves cover the labelling model's function
+MIXUP_BETA = 0.4  # the mixing weight's Beta(a, a): most synthetic rows stay near one of their two parents
+
+
+def with_mixup_rows(table: Table, per_row: float, seed: int, label: Callable[[Table], torch.Tensor]) -> Table:
+    """``table`` plus ``per_row`` synthetic rows per row (at most ``MAX_MIXUP_ROWS``), each a mixup of two random rows:
+    numeric columns interpolated, categoricals from the nearer parent, weights mixed. ``label`` gives rows their
+    soft targets (a larger model's log-probabilities or logits: the transfer set of Bucila et al.'s model
+    compression), the synthetic rows take its argmax as label, and ``table`` keeps its own soft targets if it has them."""
+    n = min(int(per_row * len(table)), MAX_MIXUP_ROWS)
+    if n == 0:
+        return table
+    rng = np.random.default_rng(seed)
+    dev = table.y.device
+    i, j = (torch.as_tensor(rng.integers(0, len(table), n), device=dev) for _ in range(2))
+    lam = torch.as_tensor(rng.beta(MIXUP_BETA, MIXUP_BETA, n), dtype=torch.float32, device=dev)
+    mixed = Table(
+        num=lam[:, None] * table.num[i] + (1 - lam[:, None]) * table.num[j],
+        cat=torch.where((lam >= 0.5)[:, None], table.cat[i], table.cat[j]),
+        y=table.y[i],
+        weight=lam * table.weight[i] + (1 - lam) * table.weight[j],
+    )
+    mixed.soft = label(mixed)
+    mixed.y = mixed.soft.argmax(1)
+    own = table.soft if table.soft is not None else label(table)
+    both = Table(*(torch.cat([getattr(table, f), getattr(mixed, f)]) for f in ("num", "cat", "y", "weight")),
+                 soft=torch.cat([own, mixed.soft]))
+    both.index = torch.arange(len(both), device=dev)
+    return both
+
+
 def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
     """To CUDA through pinned memory (an asynchronous copy); elsewhere as is."""
     if dev.type == "cuda":

@@ -12,6 +12,7 @@ from stages import distill
 from tamis import calibration
 from tamis.contract import StageError
 from tamis.losses import dkd_loss, nkd_loss, non_target_log_softmax
+from tamis import nets
 from tamis.nets import Table, load_model
 
 
@@ -94,9 +95,10 @@ def test_transfer_rows_are_mixups_of_training_rows_labelled_by_the_teacher(disti
     table = Table.of(*encoder.transform(frame), encoder.labels(frame["label"]))
     table.soft = distill.soft_targets(teacher, cal, table)
     n = len(table)
-    assert distill.with_transfer_rows(teacher, cal, table, 0.0, seed=0) is table
+    label = lambda rows: distill.soft_targets(teacher, cal, rows)
+    assert nets.with_mixup_rows(table, 0.0, 0, label) is table
 
-    both = distill.with_transfer_rows(teacher, cal, table, 2.0, seed=0)
+    both = nets.with_mixup_rows(table, 2.0, 0, label)
     assert len(both) == 3 * n and torch.equal(both.index, torch.arange(3 * n))
     assert torch.equal(both.num[:n], table.num) and torch.equal(both.soft[:n], table.soft) and torch.equal(both.y[:n], table.y)
     mixed = Table(both.num[n:], both.cat[n:], both.y[n:], both.weight[n:])
@@ -108,14 +110,16 @@ def test_transfer_rows_are_mixups_of_training_rows_labelled_by_the_teacher(disti
     # categoricals come from a parent: every (column, code) pair seen in the synthetic rows is one the training rows have
     for col in range(table.cat.shape[1]):
         assert set(both.cat[n:, col].tolist()) <= set(table.cat[:, col].tolist())
-    again = distill.with_transfer_rows(teacher, cal, table, 2.0, seed=0)
-    assert torch.equal(again.num, both.num) and not torch.equal(distill.with_transfer_rows(teacher, cal, table, 2.0, seed=1).num, both.num)
+    again = nets.with_mixup_rows(table, 2.0, 0, label)
+    assert torch.equal(again.num, both.num) and not torch.equal(nets.with_mixup_rows(table, 2.0, 1, label).num, both.num)
 
-    monkeypatch.setattr(distill, "MAX_TRANSFER_ROWS", 10)
-    assert len(distill.with_transfer_rows(teacher, cal, table, 2.0, seed=0)) == n + 10
+    monkeypatch.setattr(nets, "MAX_MIXUP_ROWS", 10)
+    assert len(nets.with_mixup_rows(table, 2.0, 0, label)) == n + 10
+    table.soft = None  # a table without soft targets gets them from label too
+    assert torch.allclose(nets.with_mixup_rows(table, 2.0, 0, label).soft[:n], both.soft[:n], atol=1e-6)
 
 
 def test_stage_reports_its_transfer_rows(distilled):
     metrics = json.loads((distilled / "metrics/distill.json").read_text())
     rows = len(pd.read_parquet(distilled / "data/resampled/train.parquet"))
-    assert metrics["transfer_rows"] == min(3 * rows, distill.MAX_TRANSFER_ROWS)
+    assert metrics["transfer_rows"] == min(3 * rows, nets.MAX_MIXUP_ROWS)
