@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -194,14 +195,22 @@ def cell_path(mode: str, name: str, rate: float, seed: int) -> Path:
     return CELLS / mode / f"{name}_noise{round(rate * 100):02d}_seed{seed}.json"
 
 
-def cell(mode: str, name: str, frame: pd.DataFrame, rate: float, seed: int, overrides: list[str], fresh: bool) -> dict[str, Any]:
-    """A stored cell, or a new one run now and stored at once (so a stopped run resumes where it was)."""
+def cell(mode: str, name: str, frame: pd.DataFrame, rate: float, seed: int, overrides: list[str], fresh: bool,
+         keep: Path | None = None) -> dict[str, Any]:
+    """A stored cell, or a new one run now and stored at once (so a stopped run resumes where it was). With ``keep``
+    its workspace stays in ``keep/<table>_<noise %>_<seed>/repo``, for ``python -m benchmarks.replay``."""
     path = cell_path(mode, name, rate, seed)
     if path.exists() and not fresh:
         print(f"  {name} noise={rate:.0%} seed={seed}: stored ({path.name})", flush=True)
         return json.loads(path.read_text())
-    with tempfile.TemporaryDirectory(prefix=f"tamis-quality-{name}-") as tmp:
-        result = one_run(name, frame, rate, seed, Path(tmp), overrides)
+    if keep is not None:
+        work = keep / f"{name}_{round(rate * 100)}_{seed}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        result = one_run(name, frame, rate, seed, work, overrides)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"tamis-quality-{name}-") as tmp:
+            result = one_run(name, frame, rate, seed, Path(tmp), overrides)
     diagnostics = result.pop("diagnostics", None)  # not numbers to average: what calibrate chose and why
     record = {"table": name, "noise": rate, "seed": seed, "commit": machine()["commit"], "models": result,
               "diagnostics": diagnostics}
@@ -361,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default {' '.join(map(str, SEEDS))}")
     parser.add_argument("--no-tie-seed", action="store_true", help="no third seed where tamis and a peer are within a point")
     parser.add_argument("--fresh", action="store_true", help="re-run the selected cells even where they are stored")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each run cell's workspace in this folder (for python -m benchmarks.replay)")
     args = parser.parse_args(argv)
     names = args.tables or (list(QUICK_TABLES) if args.quick else list(ALL_TABLES))
     noise = args.noise or ([0.2] if args.quick else list(NOISE))
@@ -371,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in names:
         frame, notes[name] = load_table(name, args.quick)
         for rate in noise:
-            attempt = lambda seed: _attempt(failures, mode, name, frame, rate, seed, overrides, args.fresh)
+            attempt = lambda seed: _attempt(failures, mode, name, frame, rate, seed, overrides, args.fresh, args.keep)
             runs = [r for r in map(attempt, seeds) if r]
             if not args.quick and not args.no_tie_seed and len(runs) >= 2 and close_to_a_peer(runs):
                 print(f"  {name} noise={rate:.0%}: tamis within {TIE:.0%} of a peer, adding seed {max(seeds) + 1}")

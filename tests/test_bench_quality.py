@@ -58,3 +58,18 @@ def test_a_tie_with_a_peer_adds_a_third_seed(bench, monkeypatch):
     result = quality.main(["--tables", "tabular-8", "--noise", "0.2"])
     assert [seed for _, _, seed in calls] == [0, 1, 2]
     assert result["cells"]["tabular-8, 20% noise"]["seeds"] == [0, 1, 2]
+
+
+def test_keep_leaves_each_cells_workspace_where_replay_finds_it(bench, monkeypatch):
+    calls: list = []
+    run = fake_run(0.05, calls)
+
+    def one_run(name, frame, rate, seed, workdir, overrides):
+        (workdir / "repo").mkdir()
+        return run(name, frame, rate, seed, workdir, overrides)
+
+    monkeypatch.setattr(quality, "one_run", one_run)
+    quality.main(["--tables", "tabular-8", "--noise", "0.2", "--seeds", "0", "--no-tie-seed", "--keep", str(bench / "kept")])
+    assert [p.name for p in (bench / "kept").iterdir()] == ["tabular-8_20_0"] and (bench / "kept/tabular-8_20_0/repo").is_dir()
+    quality.main(["--tables", "tabular-8", "--noise", "0.2", "--seeds", "0", "--no-tie-seed", "--fresh", "--keep", str(bench / "kept")])
+    assert len(calls) == 2  # a fresh run of the same cell replaces its kept workspace

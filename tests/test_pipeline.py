@@ -438,3 +438,17 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     served = mlflow.pyfunc.load_model("models:/tamis-my-label/1").predict(test.drop(columns=["label"]))
     accuracy = json.loads((repo / "metrics/evaluate.json").read_text())["accuracy"]
     assert (served["label"] == test["label"]).mean() == pytest.approx(accuracy, abs=1e-9)  # the user's names, served
+
+
+def test_replay_reruns_the_later_stages_on_a_copy_and_leaves_the_workspace_as_it_was(flow_runs):
+    from benchmarks import replay
+
+    repo = flow_runs[0]
+    before = {p: (repo / p).read_bytes() for p in ("metrics/compress.json", "metrics/evaluate.json", "models/serving.json")}
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    (result,) = replay.main([str(repo), "--from", "compress", "--set", "compress.prune_ratios=[]",
+                             "--set", "compress.quantize=[]"])
+    assert list(result["gate"]) in (["student.fp32"], ["student.fp32", "teacher.fp32"])
+    assert result["shipped"] in ("variants/student.fp32.onnx", "variants/teacher.fp32.onnx")
+    assert {"teacher", "student", "final"} <= set(result["test"]) and 0 < result["test"]["final"]["macro_f1"] <= 1
+    assert {p: (repo / p).read_bytes() for p in before} == before and os.environ["MLFLOW_TRACKING_URI"] == uri
