@@ -123,3 +123,22 @@ def test_stage_reports_its_transfer_rows(distilled):
     metrics = json.loads((distilled / "metrics/distill.json").read_text())
     rows = len(pd.read_parquet(distilled / "data/resampled/train.parquet"))
     assert metrics["transfer_rows"] == min(3 * rows, nets.MAX_MIXUP_ROWS)
+
+
+def test_the_distilled_student_stops_by_agreement_with_the_teacher_the_baseline_by_the_given_labels(distilled, tmp_path, monkeypatch):
+    root = stage_chain.copy_of(distilled, tmp_path / "ws")
+    calib = pd.read_parquet(root / "data/corrected/calib.parquet")
+    teacher, encoder, _ = load_model(root / "models/teacher.pt")
+    cal = json.loads((root / "models/calibration.json").read_text())
+    table = Table.of(*encoder.transform(calib), encoder.labels(calib["label"]))
+    agree = distill.soft_targets(teacher, cal, table).argmax(1)
+    assert not torch.equal(agree, table.y)  # the teacher disagrees with some given labels, so the two can be told apart
+    seen, real = {}, distill.train_student
+
+    def spy(params, encoder, rows, val, loss_fn, name):
+        seen[name] = val.y.clone()
+        return real(params, encoder, rows, val, loss_fn, name)
+
+    monkeypatch.setattr(distill, "train_student", spy)
+    distill.run(stage_chain.params_of(root), root)
+    assert torch.equal(seen["distill (distilled)"], agree) and torch.equal(seen["distill (baseline)"], table.y)
