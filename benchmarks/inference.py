@@ -3,7 +3,8 @@
 All three score the same test rows in this process on one thread each (the
 fair setting for a serving replica): median latency at batch 1 and batch 256,
 rows per second, size on disk. Encoding raw columns is left out for all three.
-A fourth row times one onnxruntime call on a graph that does nothing: the
+Where the teacher is a blend, a row times its MLP alone (the teacher of
+``train.teacher: mlp``). A last row times one onnxruntime call on a graph that does nothing: the
 per-call floor that bounds how much faster than the teacher any ONNX model can be.
 
     python -m benchmarks.inference [--repo PATH] [--quick]
@@ -73,6 +74,7 @@ def measure(repo: Path, repeats: int) -> dict[str, Any]:
             (repo / "models/teacher.pt").stat().st_size,
         ),
         "HistGradientBoosting": (lambda s: tree.predict_proba(x_test[s]), tree_path.stat().st_size),
+        **mlp_member(teacher, repo, num, cat),
         "onnxruntime floor (identity graph)": (floor_session(repo / "models", num.astype(np.float32)), 0),
     }
     out: dict[str, Any] = {}
@@ -93,6 +95,18 @@ def measure(repo: Path, repeats: int) -> dict[str, Any]:
         row["smaller_than_teacher"] = base["size_bytes"] / row["size_bytes"] if row["size_bytes"] else float("nan")
     tree_path.unlink()
     return out
+
+
+def mlp_member(teacher, repo: Path, num: np.ndarray, cat: np.ndarray) -> dict[str, Any]:
+    """A blend teacher's MLP alone, as a row: the teacher a run with ``train.teacher: mlp`` would have."""
+    mlp = next((m for m in getattr(teacher, "members", []) if m.arch.get("kind", "mlp") == "mlp"), None)
+    if mlp is None:
+        return {}
+    path = repo / "models" / "bench-mlp.pt"
+    torch.save(mlp.state_dict(), path)
+    size = path.stat().st_size
+    path.unlink()
+    return {"the teacher's MLP alone (torch)": (lambda s: torch_predict(mlp, num[s], cat[s]), size)}
 
 
 def floor_session(folder: Path, num: np.ndarray):
