@@ -19,24 +19,20 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-import yaml
+from tamis.config import apply_overrides, parse_params, read_raw
 
 LATER = ("correct", "resample", "train", "calibrate", "distill", "compress", "evaluate")
 
 
 def replay(repo: Path, start: str, overrides: list[str], into: Path) -> dict[str, Any]:
-    from tamis.config import apply_overrides, parse_params
-
     shutil.copytree(repo, into, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", ".git", ".dvc"))
-    params = parse_params(apply_overrides(yaml.safe_load((into / "params.yaml").read_text()), overrides))
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{into / 'mlflow.db'}"  # the copy's runs stay in the copy
-    try:
+    params = parse_params(apply_overrides(read_raw(into / "params.yaml"), overrides), "params.yaml with --set overrides")
+    # the copy's runs stay in the copy; the environment is as it was afterwards
+    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": f"sqlite:///{into / 'mlflow.db'}"}):
         for stage in LATER[LATER.index(start):]:
             importlib.import_module(f"stages.{stage}").run(params, into)
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI") if before is None else os.environ.update(MLFLOW_TRACKING_URI=before)
     read = lambda name: json.loads((into / "metrics" / f"{name}.json").read_text())
     evaluate = read("evaluate")
     variants = read("compress").get("variants", {})
