@@ -153,8 +153,8 @@ MIXUP_BETA = 0.4  # the mixing weight's Beta(a, a): most synthetic rows stay nea
 def with_mixup_rows(table: Table, per_row: float, seed: int, label: Callable[[Table], torch.Tensor]) -> Table:
     """``table`` plus ``per_row`` synthetic rows per row (at most ``MAX_MIXUP_ROWS``), each a mixup of two random rows:
     numeric columns interpolated, categoricals from the nearer parent, weights mixed. ``label`` gives rows their
-    soft targets (a larger model's log-probabilities or logits: the transfer set of Bucila et al.'s model
-    compression), the synthetic rows take its argmax as label, and ``table`` keeps its own soft targets if it has them."""
+    soft targets (a larger model's log-probabilities: the transfer set of Bucila et al.'s model compression) and
+    the synthetic rows take its argmax as label; ``table``'s own soft targets must be set."""
     n = min(int(per_row * len(table)), MAX_MIXUP_ROWS)
     if n == 0:
         return table
@@ -170,9 +170,7 @@ def with_mixup_rows(table: Table, per_row: float, seed: int, label: Callable[[Ta
     )
     mixed.soft = label(mixed)
     mixed.y = mixed.soft.argmax(1)
-    own = table.soft if table.soft is not None else label(table)
-    both = Table(*(torch.cat([getattr(table, f), getattr(mixed, f)]) for f in ("num", "cat", "y", "weight")),
-                 soft=torch.cat([own, mixed.soft]))
+    both = Table(*(torch.cat([getattr(table, f), getattr(mixed, f)]) for f in ("num", "cat", "y", "weight", "soft")))
     both.index = torch.arange(len(both), device=dev)
     return both
 
