@@ -62,6 +62,8 @@ class Forest(nn.Module):
         for name, value in arrays.items():
             self.register_buffer(name, torch.as_tensor(value))
         self.register_buffer("logit_adjustment", torch.zeros(self.n_classes))
+        self._walk_tables()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._walk_tables())
 
     @classmethod
     def empty(cls, arch: dict[str, Any]) -> Forest:
@@ -127,24 +129,43 @@ class Forest(nn.Module):
 
     @property
     def max_batch(self) -> int:
-        """Rows per call that keep each step's rows x trees tensors near 32 MiB."""
-        return max(16, 2**22 // max(1, self.arch["trees"]))
+        """Rows per call that keep each step's rows x trees tensors near 1 MiB: on 490 trees, 2,048 rows a call
+        took twice as long per row as 256 (cache misses in the lookups)."""
+        return max(16, 2**17 // max(1, self.arch["trees"]))
+
+    def _walk_tables(self) -> None:
+        """What the walk reads, derived from the saved arrays (so a checkpoint keeps its format): each node's two
+        children in one array (a leaf is its own child, so no step needs to ask whether it is at a leaf), each
+        categorical split's way for every code 0-255 in one row (the unseen-code and missing-value rules folded in).
+        A step is then four lookups and a comparison (and two more lookups where a split is categorical)."""
+        arr = lambda t: t.detach().cpu().numpy()
+        leaf, node_ids = arr(self.leaf), np.arange(len(self.leaf))
+        child = np.stack([np.where(leaf, node_ids, arr(self.left)), np.where(leaf, node_ids, arr(self.right))], 1)
+        cat_row = arr(self.cat_row)
+        nodes = np.flatnonzero(cat_row >= 0)
+        self.has_categorical = bool(len(nodes))
+        go_left = np.zeros((self.arch["left_sets"], 256), bool)
+        if self.has_categorical:
+            f = arr(self.feature)[nodes]
+            code = arr(self.recode).reshape(-1, 256)[f]  # [nodes, 256]: each raw code's rank, -1 if never seen
+            known = (code >= 0) & arr(self.known_bits).reshape(-1, 256)[f[:, None], code.clip(0)]
+            in_left = arr(self.left_bits).reshape(-1, 256)[cat_row[nodes][:, None], code.clip(0)]
+            go_left[cat_row[nodes]] = (known & in_left) | (~known & arr(self.missing_left)[nodes, None])
+        for name, value in (("child", child.ravel()), ("cat_go_left", go_left.ravel())):
+            self.register_buffer(name, torch.as_tensor(value, device=self.leaf.device), persistent=False)
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         x = torch.cat([num, cat.to(num.dtype)], dim=1)[:, self.order]
         node = self.roots.unsqueeze(0).expand(x.shape[0], -1)
         for _ in range(self.depth):
-            f = self.feature[node]
-            v = x.gather(1, f)
-            row = self.cat_row[node]
-            code = self.recode[f * 256 + v.clamp(0, 255).to(torch.int64)]  # -1: a category the trees never saw
-            known = (code >= 0) & self.known_bits[f * 256 + code.clamp(min=0)]
-            in_left = self.left_bits[row.clamp(min=0) * 256 + code.clamp(min=0)]
-            cat_left = (known & in_left) | (~known & self.missing_left[node])  # bool logic: ORT has no bool Where
-            is_cat = row >= 0
-            go_left = (is_cat & cat_left) | (~is_cat & (v <= self.threshold[node]))
-            step = torch.where(go_left, self.left[node], self.right[node])
-            node = torch.where(self.leaf[node], node, step)
+            v = x.gather(1, self.feature[node])
+            go_right = ~(v <= self.threshold[node])
+            if self.has_categorical:
+                row = self.cat_row[node]
+                cat_left = self.cat_go_left[row.clamp(min=0) * 256 + v.clamp(0, 255).to(torch.int64)]
+                is_cat = row >= 0
+                go_right = (is_cat & ~cat_left) | (~is_cat & go_right)  # bool logic: ORT has no bool Where
+            node = self.child[node * 2 + go_right.to(torch.int64)]
         return self.value[node] @ self.tree_class + self.baseline + self.logit_adjustment
 
 
