@@ -4,7 +4,7 @@ Each workspace (a ``repo`` the pipeline ran in, as ``python -m benchmarks.qualit
 copied without its MLflow store; the ``--from`` stage and every later one up to evaluate run in this process with
 this checkout's code and the workspace's params plus ``--set``. One JSON line per workspace gives each model's test
 macro-F1 and ECE as evaluate scores them, the shipped variant, and each compress variant's macro-F1 drop against the
-calibrated teacher on the calib split and whether it passed the gate.
+calibrated teacher on the calib split and whether it passed the gate, and each replayed stage's seconds.
 
     python -m benchmarks.replay WORKSPACE [WORKSPACE ...] --from distill --set distill.transfer_rows=0 [--set ...]
 """
@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -31,8 +32,11 @@ def replay(repo: Path, start: str, overrides: list[str], into: Path) -> dict[str
     params = parse_params(apply_overrides(read_raw(into / "params.yaml"), overrides), "params.yaml with --set overrides")
     # the copy's runs stay in the copy; the environment is as it was afterwards
     with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": f"sqlite:///{into / 'mlflow.db'}"}):
+        seconds = {}
         for stage in LATER[LATER.index(start):]:
+            started = time.perf_counter()
             importlib.import_module(f"stages.{stage}").run(params, into)
+            seconds[stage] = round(time.perf_counter() - started, 1)
     read = lambda name: json.loads((into / "metrics" / f"{name}.json").read_text())
     evaluate = read("evaluate")
     variants = read("compress").get("variants", {})
@@ -42,6 +46,7 @@ def replay(repo: Path, start: str, overrides: list[str], into: Path) -> dict[str
         "shipped": evaluate["final_model"],
         "test": {k: {"macro_f1": v["macro_f1"], "ece": v["ece"]} for k, v in evaluate["by_model"].items()},
         "gate": {k: {"macro_f1_drop": v["gate"]["macro_f1_drop"], "passed": v["gate"]["passed"]} for k, v in variants.items()},
+        "seconds": seconds,
     }
 
 

@@ -451,4 +451,5 @@ def test_replay_reruns_the_later_stages_on_a_copy_and_leaves_the_workspace_as_it
     assert list(result["gate"]) in (["student.fp32"], ["student.fp32", "teacher.fp32"])
     assert result["shipped"] in ("variants/student.fp32.onnx", "variants/teacher.fp32.onnx")
     assert {"teacher", "student", "final"} <= set(result["test"]) and 0 < result["test"]["final"]["macro_f1"] <= 1
+    assert list(result["seconds"]) == ["compress", "evaluate"] and min(result["seconds"].values()) > 0
     assert {p: (repo / p).read_bytes() for p in before} == before and os.environ["MLFLOW_TRACKING_URI"] == uri
