@@ -165,6 +165,9 @@ def export_onnx(model: nn.Module, num: np.ndarray, cat: np.ndarray, path: Path) 
     """
     import onnx
 
+    from tamis.trees import as_tree_ensembles, with_forest_inputs
+
+    model, forests = with_forest_inputs(model)  # a tree teacher's walk becomes one TreeEnsemble node below
     args = (torch.as_tensor(num[:8]),) + ((torch.as_tensor(cat[:8]),) if cat.shape[1] else ())
     names = ["num", "cat"][: len(args)]
     batch = torch.export.Dim("batch")
@@ -187,6 +190,7 @@ def export_onnx(model: nn.Module, num: np.ndarray, cat: np.ndarray, path: Path) 
     finally:
         exporter.setLevel(level)
     proto = onnx.load(str(path))
+    as_tree_ensembles(proto, forests)
     for node in proto.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""

@@ -5,12 +5,15 @@ and keeps whichever (or whichever blend) scores best. The fitted trees are
 copied into :class:`Forest`, a torch module of plain tensors that walks every
 tree at once, one level per step. It takes the same encoded ``(num, cat)``
 rows as the MLP and gives the same raw scores as scikit-learn (parity is
-tested), so calibrate, distill, evaluate and the ONNX export treat every
-teacher alike, and a pickle of a fitted estimator is never shipped.
+tested), so calibrate, distill and evaluate treat every teacher alike, and a
+pickle of a fitted estimator is never shipped. In ONNX the walk becomes one
+``ai.onnx.ml`` ``TreeEnsemble`` node (:func:`as_tree_ensembles`): onnxruntime's
+tree kernel, 40-100x faster than the same walk as tensor ops.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -154,6 +157,45 @@ class Forest(nn.Module):
         for name, value in (("child", child.ravel()), ("cat_go_left", go_left.ravel())):
             self.register_buffer(name, torch.as_tensor(value, device=self.leaf.device), persistent=False)
 
+    def onnx_node(self, inp: str, out: str, name: str) -> Any:
+        """This forest as one ``ai.onnx.ml`` ``TreeEnsemble`` node: ``inp`` (rows in :attr:`order`) -> the trees' summed
+        values per class (no baseline). Numeric splits go left (true) when ``x <= threshold``; categorical ones when
+        the code is in the split's left set (``cat_go_left``); a one-leaf tree gets a split that always goes left."""
+        from onnx import helper, numpy_helper
+
+        arr = lambda t: t.detach().cpu().numpy()
+        leaf, child, cat_row = arr(self.leaf), arr(self.child).reshape(-1, 2), arr(self.cat_row)
+        roots = arr(self.roots)
+        inner, leaves = np.flatnonzero(~leaf), np.flatnonzero(leaf)
+        lone = roots[leaf[roots]]  # one-leaf trees
+        index = np.full(len(leaf), -1)
+        index[inner], index[leaves] = np.arange(len(inner)), np.arange(len(leaves))
+        index[lone] = len(inner) + np.arange(len(lone))  # their roots: the always-left splits after the real ones
+        left = np.concatenate([child[inner, 0], lone])
+        right = np.concatenate([child[inner, 1], lone])
+        is_cat = np.concatenate([cat_row[inner] >= 0, np.zeros(len(lone), bool)])
+        splits = np.concatenate([np.where(is_cat[: len(inner)], 0, arr(self.threshold)[inner]),
+                                 np.full(len(lone), np.inf)]).astype(np.float32)
+        go_left = arr(self.cat_go_left).reshape(-1, 256)
+        members = [v for n in inner[cat_row[inner] >= 0] for v in [*np.flatnonzero(go_left[cat_row[n]]), np.nan]]
+        tree_of = np.repeat(np.arange(len(roots)), np.diff(np.append(roots, len(leaf))))
+        ends = lambda kids: ([int(index[c]) for c in kids], [int(leaf[c]) for c in kids])
+        (true_ids, true_leafs), (false_ids, false_leafs) = ends(left), ends(right)
+        return helper.make_node(
+            "TreeEnsemble", [inp], [out], name=name, domain="ai.onnx.ml",
+            aggregate_function=1, post_transform=0, n_targets=self.n_classes,  # sum, as is
+            tree_roots=[int(index[r]) for r in roots],
+            nodes_featureids=[int(f) for f in np.concatenate([arr(self.feature)[inner], np.zeros(len(lone), int)])],
+            nodes_splits=numpy_helper.from_array(splits),
+            nodes_modes=numpy_helper.from_array(np.where(is_cat, 6, 0).astype(np.uint8)),  # BRANCH_MEMBER | BRANCH_LEQ
+            nodes_truenodeids=true_ids, nodes_trueleafs=true_leafs,
+            nodes_falsenodeids=false_ids, nodes_falseleafs=false_leafs,
+            nodes_missing_value_tracks_true=[0] * len(left),  # NaN goes right, as ``~(v <= threshold)`` does
+            leaf_targetids=[int(k) for k in arr(self.tree_class).argmax(1)[tree_of[leaves]]],
+            leaf_weights=numpy_helper.from_array(arr(self.value)[leaves].astype(np.float32)),
+            **({"membership_values": numpy_helper.from_array(np.asarray(members, np.float32))} if members else {}),
+        )
+
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         x = torch.cat([num, cat.to(num.dtype)], dim=1)[:, self.order]
         node = self.roots.unsqueeze(0).expand(x.shape[0], -1)
@@ -167,6 +209,61 @@ class Forest(nn.Module):
                 go_right = (is_cat & ~cat_left) | (~is_cat & go_right)  # bool logic: ORT has no bool Where
             node = self.child[node * 2 + go_right.to(torch.int64)]
         return self.value[node] @ self.tree_class + self.baseline + self.logit_adjustment
+
+
+class ForestInputs(nn.Module):
+    """A forest's stand-in while exporting: its inputs in its column order times a marker matrix, plus its
+    baseline. :func:`as_tree_ensembles` then swaps the MatMul that reads the marker for the forest's TreeEnsemble."""
+
+    def __init__(self, forest: Forest, marker: torch.Tensor):
+        super().__init__()
+        self.forest = [forest]  # not a submodule: its buffers stay out of the exported graph
+        self.register_buffer("order", forest.order.clone())
+        self.register_buffer("marker", marker)
+        self.register_buffer("offset", (forest.baseline + forest.logit_adjustment).clone())
+
+    def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([num, cat.to(num.dtype)], dim=1)[:, self.order]
+        return x @ self.marker + self.offset
+
+
+def with_forest_inputs(model: nn.Module) -> tuple[nn.Module, list[ForestInputs]]:
+    """A copy of ``model`` whose forests are :class:`ForestInputs` (each with its own random marker)."""
+    model = copy.deepcopy(model)
+    stubs = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Forest):
+            parent, _, child = name.rpartition(".")
+            marker = torch.rand(module.arch["n_features"], module.n_classes, generator=torch.Generator().manual_seed(len(stubs)))
+            stubs.append(ForestInputs(module, marker + len(stubs)))
+            if child:
+                model.get_submodule(parent)._modules[child] = stubs[-1]
+            else:
+                model = stubs[-1]
+    return model, stubs
+
+
+def as_tree_ensembles(proto: Any, stubs: list[ForestInputs]) -> None:
+    """Replace, in an exported graph, each stub's MatMul by its forest's TreeEnsemble node (in place)."""
+    from onnx import helper, numpy_helper
+
+    if not stubs:
+        return
+    by_name = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    nodes = list(proto.graph.node)
+    for k, stub in enumerate(stubs):
+        marker = stub.marker.numpy()
+        names = {n for n, a in by_name.items() if a.shape == marker.shape and np.array_equal(a, marker)}
+        (i, node), = [(i, n) for i, n in enumerate(nodes) if n.op_type == "MatMul" and n.input[1] in names]
+        nodes[i] = stub.forest[0].onnx_node(node.input[0], node.output[0], f"forest_{k}")
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    used = {name for n in nodes for name in n.input}
+    keep = [init for init in proto.graph.initializer if init.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    if not any(o.domain == "ai.onnx.ml" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("ai.onnx.ml", 5))
 
 
 def _preprocessing(model: Any, n_features: int) -> tuple[np.ndarray, np.ndarray]:

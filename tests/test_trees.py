@@ -65,20 +65,29 @@ def test_a_cut_forest_is_the_staged_model_and_survives_a_checkpoint(tmp_path):
     assert torch.allclose(a.softmax(1), mix, atol=1e-6)
 
 
-def test_forest_exports_to_onnx_with_the_same_logits(tmp_path):
+def test_a_forest_exports_to_onnx_as_one_tree_ensemble_node_with_the_same_probabilities(tmp_path):
+    """The project's export (the compress fallback's path): each forest of a blend becomes one TreeEnsemble node,
+    categorical splits, unseen codes and one-leaf trees included, and the graph scores as torch does."""
+    import onnx
     import onnxruntime as ort
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from tamis.compression import Exported, export_onnx
 
     num, cat, y, card = _table(600, 3, seed=2)
     model = fit_hgb(hgb_inputs(num, cat), y, None, categorical_mask(3, card), 3, 8, 0.2, 8, 0)
-    forest = Forest.from_sklearn(model).eval()
-    cat[::7, 0] = 0
-    batch = torch.export.Dim("batch")
-    program = torch.onnx.export(forest, (torch.as_tensor(num[:4]), torch.as_tensor(cat[:4])), dynamo=True,
-                                input_names=["num", "cat"], output_names=["logits"],
-                                dynamic_shapes=({0: batch}, {0: batch}))
-    program.save(str(tmp_path / "forest.onnx"))
-    session = ort.InferenceSession(str(tmp_path / "forest.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"num": num, "cat": cat})[0]
+    stumps = HistGradientBoostingClassifier(max_iter=3, min_samples_leaf=400).fit(hgb_inputs(num, cat), y)
+    forests = [Forest.from_sklearn(model), Forest.from_sklearn(stumps)]
+    assert forests[0].has_categorical and forests[1].leaf[forests[1].roots].all()  # only one-leaf trees
+    teacher = Blend(forests, [0.6, 0.4])
+    cat[::7, 0] = 0  # a code no training row had
+    identity = {"method": "temperature", "on": "logits", "scale": 1.0, "bias": [0.0] * 3}
+    wrapped = Exported(teacher, identity, np.ones(num.shape[1])).eval()
+    export_onnx(wrapped, num, cat, tmp_path / "teacher.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "teacher.onnx")).graph.node]
+    assert ops.count("TreeEnsemble") == 2 and "MatMul" not in ops  # the walk's markers are gone
+    session = ort.InferenceSession(str(tmp_path / "teacher.onnx"), providers=["CPUExecutionProvider"])
+    logits, probs = session.run(None, {"num": num, "cat": cat})
     with torch.no_grad():
-        want = forest(torch.as_tensor(num), torch.as_tensor(cat)).numpy()
-    assert np.abs(got - want).max() < 1e-5
+        want_logits, want_probs = wrapped(torch.as_tensor(num), torch.as_tensor(cat))
+    assert np.abs(logits - want_logits.numpy()).max() < 1e-5 and np.abs(probs - want_probs.numpy()).max() < 1e-6
