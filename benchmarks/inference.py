@@ -1,10 +1,12 @@
-"""Inference cost: the shipped int8 ONNX model vs the torch teacher vs a tree model.
+"""Inference cost: the shipped ONNX model (named in its row) vs the torch teacher vs a tree model.
 
 All three score the same test rows in this process on one thread each (the
 fair setting for a serving replica): median latency at batch 1 and batch 256,
 rows per second, size on disk. Encoding raw columns is left out for all three.
 Where the teacher is a blend, a row times its MLP alone (the teacher of
-``train.teacher: mlp``). A last row times one onnxruntime call on a graph that does nothing: the
+``train.teacher: mlp``). A row times the teacher as compress exports it when no
+student passes the gate (ONNX, its calibration in the graph, trees as one
+TreeEnsemble node). A last row times one onnxruntime call on a graph that does nothing: the
 per-call floor that bounds how much faster than the teacher any ONNX model can be.
 
     python -m benchmarks.inference [--repo PATH] [--quick]
@@ -65,7 +67,7 @@ def measure(repo: Path, repeats: int) -> dict[str, Any]:
         return slice(0, min(batch, len(test)))
 
     models = {
-        "shipped (int8 ONNX)": (
+        f"shipped ({Path(serving['model']).name})": (
             lambda s: shipped.proba_encoded(num[s], cat[s]),
             (repo / "models" / serving["model"]).stat().st_size,
         ),
@@ -75,6 +77,7 @@ def measure(repo: Path, repeats: int) -> dict[str, Any]:
         ),
         "HistGradientBoosting": (lambda s: tree.predict_proba(x_test[s]), tree_path.stat().st_size),
         **mlp_member(teacher, repo, num, cat),
+        **teacher_onnx(teacher, repo, num, cat),
         "onnxruntime floor (identity graph)": (floor_session(repo / "models", num.astype(np.float32)), 0),
     }
     out: dict[str, Any] = {}
@@ -107,6 +110,25 @@ def mlp_member(teacher, repo: Path, num: np.ndarray, cat: np.ndarray) -> dict[st
     size = path.stat().st_size
     path.unlink()
     return {"the teacher's MLP alone (torch)": (lambda s: torch_predict(mlp, num[s], cat[s]), size)}
+
+
+def teacher_onnx(teacher, repo: Path, num: np.ndarray, cat: np.ndarray) -> dict[str, Any]:
+    """The calibrated teacher exported as compress's fallback exports it (what ships when no student passes)."""
+    from stages.compress import Exported, export_onnx
+    from tamis.calibration import PARAMETRIC
+    from tamis.contract import read_json
+    from tamis.serving import Predictor
+
+    cal = read_json(repo / "models/calibration.json")
+    if cal["method"] not in PARAMETRIC:  # compress maps it to a parametric one; the identity costs the same
+        classes = torch_predict(teacher, num[:1], cat[:1]).shape[1]
+        cal = {"method": "temperature", "on": "logits", "scale": 1.0, "bias": [0.0] * classes}
+    path = repo / "models" / "bench-teacher.onnx"
+    export_onnx(Exported(teacher, cal, np.ones(num.shape[1])), num, cat, path)
+    size = path.stat().st_size
+    predictor = Predictor(path, read_json(repo / "models/serving.json"), threads=1)
+    path.unlink()
+    return {"teacher as ONNX (the fallback when no student passes)": (lambda s: predictor.proba_encoded(num[s], cat[s]), size)}
 
 
 def floor_session(folder: Path, num: np.ndarray):
