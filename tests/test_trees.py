@@ -35,9 +35,10 @@ def test_forest_scores_every_row_as_scikit_learn_does(classes):
     cat[1300:, 0] = 5
     forest = Forest.from_sklearn(model).eval()
     with torch.no_grad():
-        z = forest(torch.as_tensor(num), torch.as_tensor(cat)).numpy()
+        z = forest(torch.as_tensor(num), torch.as_tensor(cat)).numpy()  # on CPU: onnxruntime's tree kernel
+        walked = forest.walk(torch.as_tensor(num), torch.as_tensor(cat)).numpy()  # as on a GPU
     ref = _raw(model, hgb_inputs(num, cat))
-    assert np.abs(z - ref).max() < 1e-4
+    assert np.abs(z - ref).max() < 1e-4 and np.abs(walked - ref).max() < 1e-4
     assert np.abs(ref[1200:] - _raw(model, hgb_inputs(num[1200:], np.where(cat[1200:] == 0, 1, cat[1200:])))).max() > 0
 
 
