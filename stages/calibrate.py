@@ -19,13 +19,24 @@ scored by a map fitted on it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tamis import paths, tracking
-from tamis.calibration import METHODS, Settings, apply_map, capped, noise_matrix, noise_rate, select, skipped
+from tamis.calibration import (
+    METHODS,
+    Settings,
+    apply_map,
+    capped,
+    noise_matrix,
+    noise_rate,
+    select,
+    skipped,
+    teacher_min_temperature,
+)
 from tamis.config import Params
 from tamis.contract import Outputs, StageError, stage_main
 from tamis.data import audited_noisy_rows, calibration_rows
@@ -93,6 +104,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     noise = None if estimated is None else capped(estimated, c.max_label_noise)
     with tracking.stage_run("calibrate", params, root):
         settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, noise)
+        if noise is not None:
+            settings = replace(settings, min_temperature=teacher_min_temperature(logits, y, settings))
         cal, scores, after = select(c.method, METHODS, logits, y, settings)
         cal["noise"] = None if noise is None else noise.tolist()  # distill and compress calibrate with the same T
         before = softmax(logits)
@@ -102,6 +115,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             "noise_aware": noise is not None,
             "estimated_label_noise": None if noise is None else noise_rate(estimated),  # confident learning's
             "label_noise": None if noise is None else noise_rate(noise),  # what the fits assume (max_label_noise)
+            "min_temperature": None if noise is None else settings.min_temperature,  # how far a fit may sharpen
             "converged": cal.get("converged", True),
             "argmax_changed": float((apply_map(cal, logits).argmax(1) != before.argmax(1)).mean()),
             "candidates": scores,

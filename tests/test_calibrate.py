@@ -73,6 +73,21 @@ def test_a_noise_aware_fit_sharpens_a_model_that_learned_the_noisy_labels_and_so
     assert sharp["temperature"] > 2.0
 
 
+def test_a_noise_aware_fit_sharpens_no_further_than_its_bound_and_the_teacher_not_past_its_own_softmax():
+    z, clean, given, noise = _noisy(3000, 0.3, seed=3)
+    learned = np.log(softmax(z) @ noise)  # under-confident about the clean labels: the aware fit wants T < 0.9
+    held = calibration.Settings(noise=noise, min_temperature=1.0)
+    assert calibration.fit_map("temperature", learned, given, held)["temperature"] >= 1.0 - 1e-9
+    assert max(calibration.fit_map("vector", learned, given, held)["scale"]) <= 1.0 + 1e-9
+    assert calibration.Settings(noise=noise).min_temperature == calibration.NOISE_AWARE_MIN_TEMPERATURE
+    # the teacher's bound: its own softmax, unless a plain fit on the same labels sharpens too
+    loose = calibration.Settings(noise=noise)
+    assert calibration.teacher_min_temperature(z * 3.0, given, loose) == 1.0  # over-confident: plain T > 1
+    plain = calibration.fit_map("temperature", z * 0.5, clean)["temperature"]
+    assert 0.4 < plain < 0.9 and calibration.teacher_min_temperature(z * 0.5, clean, loose) == pytest.approx(plain)
+    assert calibration.teacher_min_temperature(z * 0.1, clean, loose) == calibration.NOISE_AWARE_MIN_TEMPERATURE
+
+
 @pytest.mark.parametrize("noisy", [False, True])
 def test_a_calib_split_with_no_wrong_prediction_never_sharpens(noisy):
     # 20 rows, every argmax right, the model under-confident: the likelihood alone would push T to 0
