@@ -34,6 +34,11 @@ def test_identifiers_are_text_new_in_most_rows_and_whole_numbers_counting_the_ro
     assert set(identifiers(sample, infer_schema(sample, params), params)) == {"row", "customer"}
     sample["row"] = sample["row"] * 3  # spread over three times the rows: could be a measurement, kept
     assert set(identifiers(sample, infer_schema(sample, params), params)) == {"customer"}
+    named = sample.rename(columns={"row": "rownames"})  # ... unless it has a row number's name (R's row names)
+    found = identifiers(named, infer_schema(named, params), params)
+    assert set(found) == {"rownames", "customer"} and found["rownames"].startswith("named like a row number")
+    named["rownames"] = named["rownames"] % 7  # repeats: not one per row, kept whatever its name
+    assert set(identifiers(named, infer_schema(named, params), params)) == {"customer"}
     params.data.categorical = ["customer"]  # the user says it is a category: kept
     assert set(identifiers(frame, infer_schema(frame, params), params)) == {"row"}
     params.validate_.identifiers = "keep"
