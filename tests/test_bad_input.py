@@ -18,6 +18,7 @@ import pytest
 from conftest import mixed_table, run_stage, set_params
 
 from flows import workspace
+from tamis.data import load_source
 
 KEPT = ("data/validated", "reports/validation.json", "metrics/validate.json")
 
@@ -191,6 +192,19 @@ def test_a_semicolon_separated_file_is_read_with_its_separator(good_workspace, t
     assert code == 0, err
     assert "is ';'-separated; read it so" in err
     assert list(pd.read_parquet(repo / "data/raw/train.parquet").columns) == ["row_id", "x1", "x2", "color", "label"]
+
+
+def test_a_semicolon_file_with_decimal_commas_reads_its_numbers_as_numbers(tmp_path, capsys):
+    frame = mixed_table(50)
+    frame["code"] = [f"{i % 3}" for i in range(50)]  # whole numbers as text stay as pandas reads them
+    frame.to_csv(tmp_path / "eu.csv", sep=";", decimal=",", index=False)
+    got = load_source(str(tmp_path / "eu.csv"), "label")
+    assert got["x1"].dtype == np.float64 and np.allclose(got["x1"], frame["x1"])
+    assert got["color"].tolist() == frame["color"].tolist() and got["code"].tolist() == list(range(3)) * 16 + [0, 1]
+    assert "writes decimals with a comma in 'x1', 'x2'" in capsys.readouterr().err
+    frame.to_csv(tmp_path / "dots.csv", sep=";", index=False)  # decimal points: read as before, no note
+    assert np.allclose(load_source(str(tmp_path / "dots.csv"), "label")["x1"], frame["x1"])
+    assert "decimals with a comma" not in capsys.readouterr().err
 
 
 def test_rows_without_a_label_are_left_out_with_a_warning_by_default(good_workspace, tmp_path, monkeypatch, capsys):
