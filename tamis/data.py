@@ -48,6 +48,7 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
             frame = pd.read_csv(path, sep=sep)
             if sep == ";":
                 frame = decimal_commas(frame, source)
+            frame = labels_as_written(frame, path, sep, label)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
@@ -148,6 +149,18 @@ def column_names(source: str, label: str) -> list[str] | None:
     except Exception:
         return None
     return None
+
+
+def labels_as_written(frame: pd.DataFrame, path: Path, sep: str, label: str) -> pd.DataFrame:
+    """A CSV's label column as its text where reading it as numbers would rename a class: codes such as ``007`` and
+    ``012`` would become 7 and 12 in the served labels and the model card, and no longer join with the user's."""
+    if label not in frame.columns or not pd.api.types.is_numeric_dtype(frame[label]):
+        return frame
+    text = pd.read_csv(path, sep=sep, usecols=[label], dtype=str, keep_default_na=True)[label]
+    parsed = frame[label].map(str, na_action="ignore")  # 7 -> '7', 1.5 -> '1.5': what a class is shown as
+    if (text.str.strip().fillna("") == parsed.fillna("")).all():
+        return frame
+    return frame.assign(**{label: text.str.strip()})
 
 
 def decimal_commas(frame: pd.DataFrame, source: str) -> pd.DataFrame:

@@ -92,3 +92,12 @@ def test_noisy_rows_are_the_audited_train_and_calib_rows_of_known_classes():
     assert noise_splits({"rate": 0.1}) == ("calib",) and noise_splits(None) == ("train", "calib")
     y, _ = noisy_rows(issues, encoder, noise_splits({"rate": 0.1}))
     assert y.tolist() == [0]
+
+
+def test_a_csv_label_keeps_its_codes_where_numbers_would_rename_classes(tmp_path):
+    frame = pd.DataFrame({"x": np.arange(6.0), "grade": ["007", "012", "120", "007", "012", "120"]})
+    frame.to_csv(tmp_path / "codes.csv", index=False)
+    assert load_source(str(tmp_path / "codes.csv"), "grade")["grade"].tolist() == frame["grade"].tolist()
+    frame.assign(grade=[0, 1, 2, 0, 1, 2]).to_csv(tmp_path / "ints.csv", index=False)  # plain numbers stay numbers
+    got = load_source(str(tmp_path / "ints.csv"), "grade")["grade"]
+    assert pd.api.types.is_integer_dtype(got) and got.tolist() == [0, 1, 2, 0, 1, 2]
