@@ -100,6 +100,18 @@ def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str,
     return found
 
 
+def unseen_categories(frames: dict[str, pd.DataFrame], schema: Schema) -> dict[str, dict[str, Any]]:
+    """Per categorical feature, the test rows whose value no training row had (how many, what share, a few values):
+    a user's own test file can hold a shop, a product line the training export lacks."""
+    test, train, out = frames["test"], frames["train"], {}
+    for col in schema.categorical:
+        new = test[col].notna() & ~test[col].isin(set(train[col].dropna()))
+        if new.any():
+            out[col] = {"rows": int(new.sum()), "share": float(new.mean()),
+                        "examples": sorted(map(str, test.loc[new, col].unique()))[:3]}
+    return out
+
+
 def dates_as_days(frames: dict[str, pd.DataFrame], params: Params) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """(frames, the date columns): date and time columns as days since 1970, a number a model can use (as text a
     date is new in every row). A Parquet file's timestamps, and text columns of ISO dates (``validate.numeric_share``
@@ -452,6 +464,12 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         if not schema.features:
             raise StageError(f"{sources['train']}: no feature columns besides the label '{schema.label}'.")
         frames = {split: typed(frame, schema) for split, frame in frames.items()}
+        unseen = unseen_categories(frames, schema)
+        if unseen:
+            warn("validate", "the test split has categories the training rows never had: " + ", ".join(
+                f"{c!r} in {u['rows']} row(s) ({u['share']:.0%}, such as {', '.join(map(repr, u['examples']))})"
+                for c, u in unseen.items()) + "; the model reads them as unseen, and its test scores there are a guess.")
+        metrics["unseen_test_categories"] = unseen
         left = {**{c: f"{share:.0%} missing" for c, share in left_out.items()}, **{c: f"an identifier: {why}" for c, why in ids.items()}}
         profile, findings, reference = drift_gate(frames, schema, params, root, meta, left)
         report["drift"] = drift.as_dicts(findings)

@@ -64,3 +64,18 @@ def test_iso_date_text_is_days_too_and_serving_reads_it_the_same_way(tmp_path):
     j = schema.numeric.index("when")
     days = (pd.to_datetime(frame["when"].iloc[:5]) - pd.Timestamp("1970-01-01")).dt.days.to_numpy()
     assert num[:, j] * encoder.scale[j] + encoder.center[j] == pytest.approx(days, abs=1e-3)
+
+
+def test_test_rows_with_categories_training_never_had_are_counted_for_a_warning():
+    from stages.validate import infer_schema, unseen_categories
+    from tamis.config import Params
+
+    train = mixed_table(200)
+    test = mixed_table(50, seed=1)
+    test.loc[test.index[:10], "color"] = "Premium"  # a value the training export lacks
+    params = Params()
+    params.data.label = "label"
+    schema = infer_schema(train, params)
+    found = unseen_categories({"train": train, "test": test}, schema)
+    assert found == {"color": {"rows": 10, "share": 0.2, "examples": ["Premium"]}}
+    assert unseen_categories({"train": train, "test": mixed_table(50, seed=1)}, schema) == {}
