@@ -53,6 +53,21 @@ def seen_rows(root: Path, schema: Schema) -> np.ndarray:
     return np.concatenate([row_digests(f, schema.features) for f in frames])
 
 
+def served_signature(features: pd.DataFrame, used: set[str], onnx_path: Path, root: Path):
+    """The registered model's signature: every column by name, of any type (the model reads a user's table as
+    ``pd.read_csv`` gives it: whole numbers where training saw floats, booleans where it saw text; MLflow's
+    inferred types refused both), required where the model uses it; the outputs as the model gives them."""
+    from mlflow.models.signature import ModelSignature, infer_signature
+    from mlflow.types.schema import AnyType, ColSpec
+    from mlflow.types.schema import Schema as ColumnSchema
+
+    from tamis.serving import Predictor
+
+    inputs = ColumnSchema([ColSpec(AnyType(), str(c), required=c in used) for c in features.columns])
+    outputs = infer_signature(features, Predictor(onnx_path, read_json(root / paths.SERVING)).predict(features)).outputs
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
 def register(params: Params, root: Path, client, name: str, parent_run_id: str | None) -> tuple[Any, bool]:
     """The registry version holding the current shipped model (registered if new, with its lineage)."""
     import mlflow
@@ -67,7 +82,8 @@ def register(params: Params, root: Path, client, name: str, parent_run_id: str |
     gate = read_json(root / paths.metrics("compress"))["gate"]
     test = read_split(root / paths.VALIDATED, "test")
     features = test.drop(columns=[ROW_ID, params.data.label]).head(5)
-    features = features.rename(columns=user_names(features.columns))  # the served table's names are the user's
+    renames = user_names(features.columns)
+    features = features.rename(columns=renames)  # the served table's names are the user's
     keys = ["promote", "data.label", "data.train", "data.test"]
     with tracking.stage_run("promote", params, root, parent_run_id, keys=keys) as run, warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values: the validated schema already refuses nulls
@@ -78,6 +94,7 @@ def register(params: Params, root: Path, client, name: str, parent_run_id: str |
             code_paths=[str(root / "tamis")],
             artifacts={"model": str(onnx_path), "serving": str(root / paths.SERVING)},
             input_example=features,
+            signature=served_signature(features, {renames.get(f, f) for f in schema.features}, onnx_path, root),
             registered_model_name=name,
         )
         with tempfile.TemporaryDirectory() as tmp:

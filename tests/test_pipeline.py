@@ -413,8 +413,11 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     named = {"x1": "weight", "x2": "split"}  # features named like columns tamis adds: read as weight_ / split_
     table = mixed_table(400, seed=1).rename(columns=named)
     table.loc[table.index[:3], "label"] = "c_rare"  # too few rows to learn: dropped with a note, not refused
+    table["visits"] = np.arange(len(table)) % 9  # whole numbers and booleans, as a user's file has them
+    table["member"] = np.arange(len(table)) % 3 == 0
     table.to_csv(tmp_path / "my.csv", index=False)
     test = mixed_table(120, seed=2).rename(columns=named)
+    test["visits"], test["member"] = np.arange(len(test)) % 7, np.arange(len(test)) % 2 == 0
     test.to_csv(tmp_path / "my_test.csv", index=False)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}"}
     cmd = [sys.executable, "-m", "flows.cli", "run", "--repo", str(repo),
@@ -435,7 +438,9 @@ def test_readme_your_data_commands_end_with_a_registered_model_and_no_injected_n
     import mlflow.pyfunc
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    served = mlflow.pyfunc.load_model("models:/tamis-my-label/1").predict(test.drop(columns=["label"]))
+    as_read = __import__("pandas").read_csv(tmp_path / "my_test.csv")  # int64 and bool columns, as a user reads it
+    assert as_read["visits"].dtype == np.int64 and as_read["member"].dtype == bool
+    served = mlflow.pyfunc.load_model("models:/tamis-my-label/1").predict(as_read.drop(columns=["label"]))
     accuracy = json.loads((repo / "metrics/evaluate.json").read_text())["accuracy"]
     assert (served["label"] == test["label"]).mean() == pytest.approx(accuracy, abs=1e-9)  # the user's names, served
 
