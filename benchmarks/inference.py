@@ -114,7 +114,7 @@ def mlp_member(teacher, repo: Path, num: np.ndarray, cat: np.ndarray) -> dict[st
 
 def teacher_onnx(teacher, repo: Path, num: np.ndarray, cat: np.ndarray) -> dict[str, Any]:
     """The calibrated teacher exported as compress's fallback exports it (what ships when no student passes)."""
-    from stages.compress import Exported, export_onnx
+    from tamis.compression import Exported, export_onnx
     from tamis.calibration import PARAMETRIC
     from tamis.contract import read_json
     from tamis.serving import Predictor

@@ -19,7 +19,7 @@ change to one stage's report does not re-run the others.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -224,7 +224,7 @@ def teacher_min_temperature(logits: np.ndarray, y: np.ndarray, s: Settings) -> f
     cars (406 rows, clean labels, estimated flip rate 0.245) vector scaling sharpened 2.5x and took the test ECE from
     0.145 to 0.227. Noisy labels only ever make a plain fit softer, so a plain fit that sharpens is evidence the
     teacher is under-confident that the noise estimate cannot fake."""
-    plain = fit_map("temperature", logits, y, Settings(s.odir, s.histogram_bins, s.folds, s.seed))
+    plain = fit_map("temperature", logits, y, replace(s, noise=None))
     return float(np.clip(plain["temperature"], NOISE_AWARE_MIN_TEMPERATURE, 1.0))
 
 

@@ -47,6 +47,15 @@ def _bits(bitsets: np.ndarray) -> np.ndarray:
     return ((words[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(bool).reshape(-1, 256)
 
 
+def ordered(num: torch.Tensor, cat: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The rows as the trees read them: numeric columns, then category codes, in the fitted model's column order."""
+    return torch.cat([num, cat.to(num.dtype)], dim=1)[:, order]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
 class Forest(nn.Module):
     """The first ``n_iter`` boosting iterations of a fitted HistGradientBoostingClassifier, as tensors.
 
@@ -143,19 +152,18 @@ class Forest(nn.Module):
         children in one array (a leaf is its own child, so no step needs to ask whether it is at a leaf), each
         categorical split's way for every code 0-255 in one row (the unseen-code and missing-value rules folded in).
         A step is then four lookups and a comparison (and two more lookups where a split is categorical)."""
-        arr = lambda t: t.detach().cpu().numpy()
-        leaf, node_ids = arr(self.leaf), np.arange(len(self.leaf))
-        child = np.stack([np.where(leaf, node_ids, arr(self.left)), np.where(leaf, node_ids, arr(self.right))], 1)
-        cat_row = arr(self.cat_row)
+        leaf, node_ids = _numpy(self.leaf), np.arange(len(self.leaf))
+        child = np.stack([np.where(leaf, node_ids, _numpy(self.left)), np.where(leaf, node_ids, _numpy(self.right))], 1)
+        cat_row = _numpy(self.cat_row)
         nodes = np.flatnonzero(cat_row >= 0)
         self.has_categorical = bool(len(nodes))
         go_left = np.zeros((self.arch["left_sets"], 256), bool)
         if self.has_categorical:
-            f = arr(self.feature)[nodes]
-            code = arr(self.recode).reshape(-1, 256)[f]  # [nodes, 256]: each raw code's rank, -1 if never seen
-            known = (code >= 0) & arr(self.known_bits).reshape(-1, 256)[f[:, None], code.clip(0)]
-            in_left = arr(self.left_bits).reshape(-1, 256)[cat_row[nodes][:, None], code.clip(0)]
-            go_left[cat_row[nodes]] = (known & in_left) | (~known & arr(self.missing_left)[nodes, None])
+            f = _numpy(self.feature)[nodes]
+            code = _numpy(self.recode).reshape(-1, 256)[f]  # [nodes, 256]: each raw code's rank, -1 if never seen
+            known = (code >= 0) & _numpy(self.known_bits).reshape(-1, 256)[f[:, None], code.clip(0)]
+            in_left = _numpy(self.left_bits).reshape(-1, 256)[cat_row[nodes][:, None], code.clip(0)]
+            go_left[cat_row[nodes]] = (known & in_left) | (~known & _numpy(self.missing_left)[nodes, None])
         for name, value in (("child", child.ravel()), ("cat_go_left", go_left.ravel())):
             self.register_buffer(name, torch.as_tensor(value, device=self.leaf.device), persistent=False)
         self._kernel = None  # (threads, onnxruntime session), built on first use
@@ -169,9 +177,8 @@ class Forest(nn.Module):
         the code is in the split's left set (``cat_go_left``); a one-leaf tree gets a split that always goes left."""
         from onnx import helper, numpy_helper
 
-        arr = lambda t: t.detach().cpu().numpy()
-        leaf, child, cat_row = arr(self.leaf), arr(self.child).reshape(-1, 2), arr(self.cat_row)
-        roots = arr(self.roots)
+        leaf, child, cat_row = _numpy(self.leaf), _numpy(self.child).reshape(-1, 2), _numpy(self.cat_row)
+        roots = _numpy(self.roots)
         inner, leaves = np.flatnonzero(~leaf), np.flatnonzero(leaf)
         lone = roots[leaf[roots]]  # one-leaf trees
         index = np.full(len(leaf), -1)
@@ -180,9 +187,9 @@ class Forest(nn.Module):
         left = np.concatenate([child[inner, 0], lone])
         right = np.concatenate([child[inner, 1], lone])
         is_cat = np.concatenate([cat_row[inner] >= 0, np.zeros(len(lone), bool)])
-        splits = np.concatenate([np.where(is_cat[: len(inner)], 0, arr(self.threshold)[inner]),
+        splits = np.concatenate([np.where(is_cat[: len(inner)], 0, _numpy(self.threshold)[inner]),
                                  np.full(len(lone), np.inf)]).astype(np.float32)
-        go_left = arr(self.cat_go_left).reshape(-1, 256)
+        go_left = _numpy(self.cat_go_left).reshape(-1, 256)
         members = [v for n in inner[cat_row[inner] >= 0] for v in [*np.flatnonzero(go_left[cat_row[n]]), np.nan]]
         tree_of = np.repeat(np.arange(len(roots)), np.diff(np.append(roots, len(leaf))))
         ends = lambda kids: ([int(index[c]) for c in kids], [int(leaf[c]) for c in kids])
@@ -191,14 +198,14 @@ class Forest(nn.Module):
             "TreeEnsemble", [inp], [out], name=name, domain="ai.onnx.ml",
             aggregate_function=1, post_transform=0, n_targets=self.n_classes,  # sum, as is
             tree_roots=[int(index[r]) for r in roots],
-            nodes_featureids=[int(f) for f in np.concatenate([arr(self.feature)[inner], np.zeros(len(lone), int)])],
+            nodes_featureids=[int(f) for f in np.concatenate([_numpy(self.feature)[inner], np.zeros(len(lone), int)])],
             nodes_splits=numpy_helper.from_array(splits),
             nodes_modes=numpy_helper.from_array(np.where(is_cat, 6, 0).astype(np.uint8)),  # BRANCH_MEMBER | BRANCH_LEQ
             nodes_truenodeids=true_ids, nodes_trueleafs=true_leafs,
             nodes_falsenodeids=false_ids, nodes_falseleafs=false_leafs,
             nodes_missing_value_tracks_true=[0] * len(left),  # NaN goes right, as ``~(v <= threshold)`` does
-            leaf_targetids=[int(k) for k in arr(self.tree_class).argmax(1)[tree_of[leaves]]],
-            leaf_weights=numpy_helper.from_array(arr(self.value)[leaves].astype(np.float32)),
+            leaf_targetids=[int(k) for k in _numpy(self.tree_class).argmax(1)[tree_of[leaves]]],
+            leaf_weights=numpy_helper.from_array(_numpy(self.value)[leaves].astype(np.float32)),
             **({"membership_values": numpy_helper.from_array(np.asarray(members, np.float32))} if members else {}),
         )
 
@@ -225,13 +232,13 @@ class Forest(nn.Module):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
             self._kernel = (threads, ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]))
-        x = torch.cat([num, cat.to(num.dtype)], dim=1)[:, self.order].detach().to(torch.float32).numpy()
+        x = ordered(num, cat, self.order).detach().to(torch.float32).numpy()
         raw = torch.from_numpy(self._kernel[1].run(None, {"x": x})[0])
         return raw + self.baseline + self.logit_adjustment
 
     def walk(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         """Every tree at once, one level per step, as tensor ops (any device)."""
-        x = torch.cat([num, cat.to(num.dtype)], dim=1)[:, self.order]
+        x = ordered(num, cat, self.order)
         node = self.roots.unsqueeze(0).expand(x.shape[0], -1)
         for _ in range(self.depth):
             v = x.gather(1, self.feature[node])
@@ -257,12 +264,15 @@ class ForestInputs(nn.Module):
         self.register_buffer("offset", (forest.baseline + forest.logit_adjustment).clone())
 
     def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([num, cat.to(num.dtype)], dim=1)[:, self.order]
+        x = ordered(num, cat, self.order)
         return x @ self.marker + self.offset
 
 
 def with_forest_inputs(model: nn.Module) -> tuple[nn.Module, list[ForestInputs]]:
-    """A copy of ``model`` whose forests are :class:`ForestInputs` (each with its own random marker)."""
+    """A copy of ``model`` whose forests are :class:`ForestInputs` (each with its own random marker); ``model`` itself
+    where it has no forest."""
+    if not any(isinstance(m, Forest) for m in model.modules()):
+        return model, []
     model = copy.deepcopy(model)
     stubs = []
     for name, module in list(model.named_modules()):
