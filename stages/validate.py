@@ -38,11 +38,10 @@ from tamis.data import (
     SPLITS,
     Schema,
     as_numbers,
+    date_format,
     feature_columns,
     infinite,
-    looks_like_dates,
     looks_like_id,
-    parse_dates,
     read_split,
     shown,
 )
@@ -112,18 +111,21 @@ def unseen_categories(frames: dict[str, pd.DataFrame], schema: Schema) -> dict[s
     return out
 
 
-def dates_as_days(frames: dict[str, pd.DataFrame], params: Params) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """(frames, the date columns): date and time columns as days since 1970, a number a model can use (as text a
-    date is new in every row). A Parquet file's timestamps, and text columns of ISO dates (``validate.numeric_share``
-    of the training values) unless data.categorical lists them."""
+def dates_as_days(frames: dict[str, pd.DataFrame], params: Params) -> tuple[dict[str, pd.DataFrame], dict[str, str | None]]:
+    """(frames, {date column: its text format, None for timestamps}): date and time columns as days since 1970, a
+    number a model can use (as text a date is new in every row). A Parquet file's timestamps, and text columns of
+    dates (``validate.numeric_share`` of the training values: ISO, or day-first / month-first numbers where the
+    column says which) unless data.categorical lists them."""
     d = params.data
     train = frames["train"]
-    dates = [c for c in feature_columns(train, d.label) if pd.api.types.is_datetime64_any_dtype(train[c])
-             or (c not in (d.categorical or []) and looks_like_dates(train[c], params.validate_.numeric_share))]
-    if not dates:
-        return frames, []
-    days = lambda s: as_numbers(s if pd.api.types.is_datetime64_any_dtype(s) else parse_dates(s))
-    return {s: f.assign(**{c: days(f[c]) for c in dates if c in f.columns}) for s, f in frames.items()}, dates
+    dates: dict[str, str | None] = {}
+    for c in feature_columns(train, d.label):
+        if pd.api.types.is_datetime64_any_dtype(train[c]):
+            dates[c] = None
+        elif c not in (d.categorical or []) and (fmt := date_format(train[c], params.validate_.numeric_share)):
+            dates[c] = fmt
+    days = lambda s, fmt: as_numbers(s, None if pd.api.types.is_datetime64_any_dtype(s) else fmt)
+    return {s: f.assign(**{c: days(f[c], fmt) for c, fmt in dates.items() if c in f.columns}) for s, f in frames.items()}, dates
 
 
 def non_numbers(frames: dict[str, pd.DataFrame], schema: Schema, params: Params) -> dict[str, dict[str, Any]]:
@@ -406,7 +408,8 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     meta = read_json(root / paths.RAW / "meta.json")
     frames, dates = dates_as_days({s: read_split(root / paths.RAW, s) for s in SPLITS}, params)
     if dates:
-        print(f"tamis validate: column(s) {', '.join(map(repr, dates))} hold dates: read as days since 1970-01-01.")
+        named = ", ".join(repr(c) if fmt in (None, "ISO8601") else f"{c!r} ({fmt})" for c, fmt in dates.items())
+        print(f"tamis validate: column(s) {named} hold dates: read as days since 1970-01-01.")
     sources = {"train": meta["source"]["train"], "calib": meta["source"]["train"]}
     sources["test"] = meta["source"]["test"] or meta["source"]["train"]
     left_out = mostly_missing(frames["train"], params)
@@ -424,6 +427,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
              " keeps them).")
         frames = without(frames, ids)
         schema = infer_schema(frames["train"], params)
+    schema.date_formats = {c: fmt for c, fmt in dates.items() if fmt and c in schema.numeric}  # serving reads them so
     not_numbers = non_numbers(frames, schema, params)
     if not_numbers:
         warn("validate", "numeric column(s) " + ", ".join(
@@ -432,7 +436,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             " (validate.non_numeric=refuse stops instead).")
         frames = {s: as_missing(f, list(not_numbers)) for s, f in frames.items()}
     report: dict[str, Any] = {"schema": schema.save_dict(), "splits": {}, "columns_left_out": left_out,
-                              "identifiers_left_out": ids, "non_numbers_as_missing": not_numbers, "dates_as_days": dates}
+                              "identifiers_left_out": ids, "non_numbers_as_missing": not_numbers, "dates_as_days": list(dates)}
     failures: list[str] = []
     with tracking.stage_run("validate", params, root):
         import mlflow

@@ -108,20 +108,50 @@ def looks_like_dates(s: pd.Series, share: float) -> bool:
     return bool(len(values)) and float(values.astype(str).str.match(ISO_DATE).mean()) >= share
 
 
+NUMERIC_DATE = r"^\s*(\d{1,2})([/.-])(\d{1,2})\2(\d{4}|\d{2})\s*$"  # 31/12/2020, 12/31/2020, 31.12.20
+
+
+def date_format(s: pd.Series, share: float) -> str | None:
+    """The format of a text column of dates (at least ``share`` of its values): ``"ISO8601"``, or day-first or
+    month-first numbers (31/12/2020, 12/31/2020, 31.12.20) where the column itself says which: a first field above
+    12 and no second one, or the other way round. None for no dates, or where day and month cannot be told apart
+    (every field up to 12): 01/02/2012 is January or February depending on who wrote it."""
+    if looks_like_dates(s, share):
+        return "ISO8601"
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return None
+    values = s.dropna().astype(str)
+    parts = values.str.extract(NUMERIC_DATE)
+    if not len(values) or parts[0].notna().mean() < share:
+        return None
+    parts = parts.dropna()
+    first, second, widths = parts[0].astype(int), parts[2].astype(int), set(parts[3].str.len())
+    if len(widths) > 1:
+        return None
+    sep, year = parts[1].mode()[0], "%Y" if widths == {4} else "%y"
+    if (first > 12).any() and not (second > 12).any():
+        return f"%d{sep}%m{sep}{year}"
+    if (second > 12).any() and not (first > 12).any():
+        return f"%m{sep}%d{sep}{year}"
+    return None
+
+
 def infinite(values: np.ndarray) -> np.ndarray:
     """Which float values lie past +-1e300 (inf): no model takes them, so validate and serving read them as missing."""
     with np.errstate(invalid="ignore"):
         return ~np.isnan(values) & ~((values >= -1e300) & (values <= 1e300))
 
 
-def as_numbers(s: pd.Series) -> pd.Series:
-    """A numeric column as float64, the same in validate and serving: a date or time (a timestamp, or ISO text)
-    as days since 1970-01-01 (UTC), text that is not a number and +-inf as missing (``validate.non_numeric``'s
-    default)."""
+def as_numbers(s: pd.Series, date_format: str | None = None) -> pd.Series:
+    """A numeric column as float64, the same in validate and serving: a date or time (a timestamp, text in
+    ``date_format``, or ISO text) as days since 1970-01-01 (UTC), text that is not a number and +-inf as missing
+    (``validate.non_numeric``'s default)."""
     if pd.api.types.is_datetime64_any_dtype(s):
         if s.dt.tz is not None:
             s = s.dt.tz_convert("UTC").dt.tz_localize(None)
         return ((s - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=1)).astype(np.float64)
+    if date_format and not pd.api.types.is_numeric_dtype(s):
+        return as_numbers(parse_dates(s, date_format))
     numbers = pd.to_numeric(s, errors="coerce")
     if not pd.api.types.is_numeric_dtype(s) and numbers.isna().all() and looks_like_dates(s, 0.5):
         return as_numbers(parse_dates(s))  # serving: a date column as the user's text
@@ -129,9 +159,9 @@ def as_numbers(s: pd.Series) -> pd.Series:
     return numbers.mask(infinite(numbers.to_numpy()))  # +-inf: missing, as validate reads it
 
 
-def parse_dates(s: pd.Series) -> pd.Series:
-    """ISO date text as UTC timestamps (a value that is not one: missing)."""
-    return pd.to_datetime(s.astype("string").str.strip(), errors="coerce", format="ISO8601", utc=True)
+def parse_dates(s: pd.Series, date_format: str = "ISO8601") -> pd.Series:
+    """Date text (ISO, or ``date_format``) as UTC timestamps (a value that is not one: missing)."""
+    return pd.to_datetime(s.astype("string").str.strip(), errors="coerce", format=date_format, utc=True)
 
 
 def column_names(source: str, label: str) -> list[str] | None:
@@ -323,6 +353,7 @@ class Schema:
     numeric: list[str]
     categorical: list[str]
     classes: list[Any]
+    date_formats: dict[str, str] = field(default_factory=dict)  # numeric columns read from date text: their format
 
     @property
     def features(self) -> list[str]:
@@ -360,6 +391,7 @@ class Encoder:
     categories: dict[str, list[str]] = field(default_factory=dict)
     numeric_transform: str = "standard"
     quantiles: list[list[float]] = field(default_factory=list)
+    date_formats: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, schema: Schema, numeric_transform: str = "standard") -> Encoder:
@@ -388,6 +420,7 @@ class Encoder:
             categories=categories,
             numeric_transform=numeric_transform,
             quantiles=quantiles,
+            date_formats=dict(schema.date_formats),
         )
 
     @property
@@ -404,7 +437,7 @@ class Encoder:
             block = frame[self.numeric]
             text = [c for c in self.numeric if not pd.api.types.is_numeric_dtype(block[c])]
             if text:  # dates as days, a value that is not a number as missing: as validate reads them
-                block = block.assign(**{c: as_numbers(block[c]) for c in text})
+                block = block.assign(**{c: as_numbers(block[c], self.date_formats.get(c)) for c in text})
             num = block.to_numpy(dtype=np.float64, na_value=np.nan)
             num = np.where(np.isnan(num) | infinite(num), np.asarray(self.fill), num)  # +-inf: missing
             if self.numeric_transform == "quantile":

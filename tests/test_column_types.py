@@ -66,6 +66,52 @@ def test_iso_date_text_is_days_too_and_serving_reads_it_the_same_way(tmp_path):
     assert num[:, j] * encoder.scale[j] + encoder.center[j] == pytest.approx(days, abs=1e-3)
 
 
+@pytest.mark.parametrize("values, expected", [
+    (["31/12/2020", "01/02/2021", None], "%d/%m/%Y"),
+    (["12/31/20", "1/2/21"], "%m/%d/%y"),
+    (["13.01.2024", "02.01.2024"], "%d.%m.%Y"),
+    (["2020-01-31", "2020-02-01"], "ISO8601"),
+    (["01/02/2020", "03/04/2020"], None),  # January or February: the column cannot say
+    (["12/31/2020", "31/12/2020"], None),  # both orders in one column
+    (["1/2/2020", "1/13/20"], None),  # two- and four-digit years
+    (["1.5", "2.25"], None),
+])
+def test_date_format_reads_the_day_month_order_from_the_column(values, expected):
+    from tamis.data import date_format
+
+    assert date_format(pd.Series(values, dtype=object), 0.9) == expected
+
+
+def test_numeric_dates_are_days_in_the_order_the_column_shows_and_serving_keeps_that_order(tmp_path):
+    """A US export's 12/31/2020 and a German one's 31.12.2020 are dates (as text, new in every row: an identifier);
+    serving reads one row such as 01/05/2024 in the order the training column showed, which the row alone cannot."""
+    repo = workspace.create(tmp_path / "repo")
+    frame = typed_table().drop(columns=["when_utc", "grade"])
+    when = frame.pop("when")
+    frame["us"] = when.dt.strftime("%m/%d/%Y")
+    frame["eu"] = when.dt.strftime("%d.%m.%Y")
+    frame["either"] = when.dt.strftime("%m/") + when.dt.day.clip(upper=12).map("{:02d}".format) + "/2024"
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 't.csv'}", "data.inject_noise=null")
+    assert run_stage(repo, "ingest").returncode == 0
+    proc = run_stage(repo, "validate")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "column(s) 'us' (%m/%d/%Y), 'eu' (%d.%m.%Y) hold dates" in proc.stdout
+    schema = Schema(**json.loads((repo / "data/validated/schema.json").read_text()))
+    assert {"us", "eu"} <= set(schema.numeric) and "either" in schema.categorical
+    assert schema.date_formats == {"us": "%m/%d/%Y", "eu": "%d.%m.%Y"}
+    train = pd.read_parquet(repo / "data/validated/train.parquet")
+    days = (pd.Timestamp("2024-01-01") - pd.Timestamp("1970-01-01")).days
+    assert train["us"].between(days, days + 29).all() and train["us"].equals(train["eu"])
+    encoder = Encoder.fit(train, schema)
+    served = frame.drop(columns=["label"])[when.dt.day <= 12].iloc[:5]  # each row alone reads either way
+    num, _ = encoder.transform(served)
+    expected = (when[served.index] - pd.Timestamp("1970-01-01")).dt.days.to_numpy()
+    for column in ("us", "eu"):
+        j = schema.numeric.index(column)
+        assert num[:, j] * encoder.scale[j] + encoder.center[j] == pytest.approx(expected, abs=1e-3)
+
+
 def test_test_rows_with_categories_training_never_had_are_counted_for_a_warning():
     from stages.validate import infer_schema, unseen_categories
     from tamis.config import Params
