@@ -28,6 +28,7 @@ SECTIONS = [
     ("compress_quality", "Shipped model: size, speed and calibration against the teacher"),
     ("machinery", "Machinery cost: stages, orchestration, re-runs"),
     ("scale", "Scale: time and memory per stage"),
+    ("large_defaults", "Large-data defaults: what the audit's step cap costs"),
     ("validate_speed", "Validate on wide tables"),
     ("inference", "Inference: the shipped model against the teacher and a tree model"),
 ]
