@@ -77,6 +77,16 @@ def set_params(repo: Path, *overrides: str) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def validate_csv(tmp_path: Path, frame: pd.DataFrame, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """A workspace whose ``data.train`` is ``frame`` written as a CSV, after ingest (which must pass) and validate:
+    (the workspace, validate's process)."""
+    repo = workspace.create(tmp_path / "repo")
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    set_params(repo, f"data.train={tmp_path / 'train.csv'}", "data.inject_noise=null", *overrides)
+    assert run_stage(repo, "ingest").returncode == 0
+    return repo, run_stage(repo, "validate")
+
+
 def mixed_table(n: int = 600, classes: int = 3, seed: int = 0) -> pd.DataFrame:
     """A small table with numeric and categorical columns and learnable classes."""
     rng = np.random.default_rng(seed)

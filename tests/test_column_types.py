@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import mixed_table, run_stage, set_params
+from conftest import mixed_table, run_stage, set_params, validate_csv
 
 from flows import workspace
 from tamis.data import Encoder, Schema
@@ -47,14 +47,10 @@ def test_timestamps_are_days_since_1970_in_validate_and_serving(tmp_path):
 
 def test_iso_date_text_is_days_too_and_serving_reads_it_the_same_way(tmp_path):
     """seattle-weather's 'date' column: as text a date is new in every row (an identifier); as days it is a feature."""
-    repo = workspace.create(tmp_path / "repo")
     frame = typed_table().drop(columns=["when_utc", "grade"])
     frame["when"] = frame["when"].dt.strftime("%Y-%m-%d")
     frame["month"] = pd.to_datetime(frame["when"]).dt.strftime("%b")  # 'Jan': text, not an ISO date
-    frame.to_csv(tmp_path / "t.csv", index=False)
-    set_params(repo, f"data.train={tmp_path / 't.csv'}", "data.inject_noise=null")
-    assert run_stage(repo, "ingest").returncode == 0
-    proc = run_stage(repo, "validate")
+    repo, proc = validate_csv(tmp_path, frame)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "column(s) 'when' hold dates: read as days since 1970-01-01." in proc.stdout and "identifiers" not in proc.stderr
     schema = Schema(**json.loads((repo / "data/validated/schema.json").read_text()))
@@ -85,16 +81,12 @@ def test_date_format_reads_the_day_month_order_from_the_column(values, expected)
 def test_numeric_dates_are_days_in_the_order_the_column_shows_and_serving_keeps_that_order(tmp_path):
     """A US export's 12/31/2020 and a German one's 31.12.2020 are dates (as text, new in every row: an identifier);
     serving reads one row such as 01/05/2024 in the order the training column showed, which the row alone cannot."""
-    repo = workspace.create(tmp_path / "repo")
     frame = typed_table().drop(columns=["when_utc", "grade"])
     when = frame.pop("when")
     frame["us"] = when.dt.strftime("%m/%d/%Y")
     frame["eu"] = when.dt.strftime("%d.%m.%Y")
     frame["either"] = when.dt.strftime("%m/") + when.dt.day.clip(upper=12).map("{:02d}".format) + "/2024"
-    frame.to_csv(tmp_path / "t.csv", index=False)
-    set_params(repo, f"data.train={tmp_path / 't.csv'}", "data.inject_noise=null")
-    assert run_stage(repo, "ingest").returncode == 0
-    proc = run_stage(repo, "validate")
+    repo, proc = validate_csv(tmp_path, frame)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "column(s) 'us' (%m/%d/%Y), 'eu' (%d.%m.%Y) hold dates" in proc.stdout
     schema = Schema(**json.loads((repo / "data/validated/schema.json").read_text()))

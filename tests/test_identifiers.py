@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pandas as pd
-from conftest import mixed_table, run_stage, set_params
+from conftest import mixed_table, run_stage, set_params, validate_csv
 
-from flows import workspace
 from stages.validate import identifiers, infer_schema
 from tamis.config import Params
 
@@ -46,11 +45,7 @@ def test_identifiers_are_text_new_in_most_rows_and_whole_numbers_counting_the_ro
 
 
 def test_validate_leaves_identifiers_out_with_a_warning_and_keep_keeps_them(tmp_path):
-    repo = workspace.create(tmp_path / "repo")
-    with_ids().to_csv(tmp_path / "export.csv", index=False)
-    set_params(repo, f"data.train={tmp_path / 'export.csv'}", "data.inject_noise=null")
-    assert run_stage(repo, "ingest").returncode == 0
-    proc = run_stage(repo, "validate")
+    repo, proc = validate_csv(tmp_path, with_ids())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tamis validate: warning: column(s) 'row' (300 distinct whole numbers in 1..300, one per row), 'customer' (" in proc.stderr
     schema = json.loads((repo / "data/validated/schema.json").read_text())

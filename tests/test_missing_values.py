@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from conftest import mixed_table, run_stage, set_params
+from conftest import mixed_table, run_stage, set_params, validate_csv
 
 from flows import workspace
 from stages.evaluate import missing_values
@@ -47,13 +47,9 @@ def test_a_column_mostly_missing_is_left_out_with_a_warning_by_default(tmp_path)
     """An all-empty column, or Titanic's cabin (77% missing): the peers train on such tables, so tamis does too."""
     import json
 
-    repo = workspace.create(tmp_path / "repo")
     frame = mixed_table(300)
     frame["notes"] = np.nan
-    frame.to_csv(tmp_path / "holes.csv", index=False)
-    set_params(repo, f"data.train={tmp_path / 'holes.csv'}", "data.inject_noise=null")
-    assert run_stage(repo, "ingest").returncode == 0
-    proc = run_stage(repo, "validate")
+    repo, proc = validate_csv(tmp_path, frame)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "column(s) 'notes' (100% missing) missing in more than validate.max_null_fraction=0.5" in proc.stderr
     schema = json.loads((repo / "data/validated/schema.json").read_text())
@@ -62,11 +58,7 @@ def test_a_column_mostly_missing_is_left_out_with_a_warning_by_default(tmp_path)
 
 
 def test_a_column_mostly_missing_is_refused_naming_it_when_asked(tmp_path):
-    repo = workspace.create(tmp_path / "repo")
-    holey(mixed_table(300), 0.7).to_csv(tmp_path / "holes.csv", index=False)
-    set_params(repo, f"data.train={tmp_path / 'holes.csv'}", "data.inject_noise=null", "validate.mostly_missing=refuse")
-    assert run_stage(repo, "ingest").returncode == 0
-    proc = run_stage(repo, "validate")
+    _, proc = validate_csv(tmp_path, holey(mixed_table(300), 0.7), "validate.mostly_missing=refuse")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert "column 'x1' has more than 50% missing values (validate.max_null_fraction)" in last or "column 'color'" in last
@@ -74,12 +66,8 @@ def test_a_column_mostly_missing_is_refused_naming_it_when_asked(tmp_path):
 
 def test_only_the_training_split_is_held_to_max_null_fraction(tmp_path):
     """A small test split can be mostly missing in a column by chance; its rows are filled like any other."""
-    repo = workspace.create(tmp_path / "repo")
-    holey(mixed_table(300), 0.2).to_csv(tmp_path / "train.csv", index=False)
     holey(mixed_table(40, seed=1), 0.7, seed=1).to_csv(tmp_path / "test.csv", index=False)
-    set_params(repo, f"data.train={tmp_path / 'train.csv'}", f"data.test={tmp_path / 'test.csv'}", "data.inject_noise=null")
-    assert run_stage(repo, "ingest").returncode == 0
-    proc = run_stage(repo, "validate")
+    repo, proc = validate_csv(tmp_path, holey(mixed_table(300), 0.2), f"data.test={tmp_path / 'test.csv'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     test = pd.read_parquet(repo / "data/validated/test.parquet")
     assert test["x1"].isna().mean() > 0.5 and len(test) == 40
