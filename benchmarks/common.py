@@ -79,6 +79,14 @@ def digits_table() -> pd.DataFrame:
     return load_source("sklearn:digits", "label")
 
 
+def set_params(repo: Path, overrides: list[str]) -> None:
+    """``repo``'s params.yaml with each ``key.path=value`` set."""
+    from tamis.config import apply_overrides, read_raw
+
+    raw = apply_overrides(read_raw(repo / "params.yaml"), overrides)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def run_tamis(
     workdir: Path,
     train: pd.DataFrame,

@@ -23,22 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from benchmarks.audit_quality import split_table, tamis_flags
-from benchmarks.common import confusion_noise, detection_scores, machine, make_table, write_result
+from benchmarks.common import confusion_noise, detection_scores, machine, make_table, set_params, write_result
 from flows import workspace
 
 ARMS = {"default (max_steps 20000)": [], "no cap (all epochs)": ["audit.max_steps=1000000000"]}
 
 
 def audit_arm(repo: Path, overrides: list[str], flipped, env: dict[str, str]) -> dict[str, Any]:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, name = key.split(".")
-        params[section][name] = yaml.safe_load(value)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(repo, overrides)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "stages.audit"], cwd=repo, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -68,9 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train.assign(label=noisy).to_parquet(work / "train.parquet")
         test.to_parquet(work / "test.parquet")
         repo = workspace.create(work / "repo")
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["data"].update(train=str(work / "train.parquet"), test=str(work / "test.parquet"), inject_noise=None)
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        set_params(repo, [f"data.train={work / 'train.parquet'}", f"data.test={work / 'test.parquet'}", "data.inject_noise=null"])
         subprocess.run([sys.executable, "-m", "dvc", "repro", "validate"], cwd=repo, env=env, check=True, capture_output=True)
         arms = {}
         for name, overrides in ARMS.items():

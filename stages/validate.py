@@ -124,8 +124,8 @@ def dates_as_days(frames: dict[str, pd.DataFrame], params: Params) -> tuple[dict
             dates[c] = None
         elif c not in (d.categorical or []) and (fmt := date_format(train[c], params.validate_.numeric_share)):
             dates[c] = fmt
-    days = lambda s, fmt: as_numbers(s, None if pd.api.types.is_datetime64_any_dtype(s) else fmt)
-    return {s: f.assign(**{c: days(f[c], fmt) for c, fmt in dates.items() if c in f.columns}) for s, f in frames.items()}, dates
+    # as_numbers reads a timestamp column as a timestamp whatever the format says
+    return {s: f.assign(**{c: as_numbers(f[c], fmt) for c, fmt in dates.items() if c in f.columns}) for s, f in frames.items()}, dates
 
 
 def non_numbers(frames: dict[str, pd.DataFrame], schema: Schema, params: Params) -> dict[str, dict[str, Any]]:
