@@ -66,6 +66,21 @@ def calib_logits(params: Params, root: Path) -> tuple[np.ndarray, np.ndarray, np
     return logits, y, noise
 
 
+def fit_teacher_calibrator(
+    params: Params, logits: np.ndarray, y: np.ndarray, estimated: np.ndarray | None
+) -> tuple[dict, dict[str, dict[str, float]], np.ndarray, Settings]:
+    """(calibrator, each candidate's scores, the chosen one's out-of-fold probabilities, the settings it was fitted
+    with) of the teacher's calib logits: ``calibrate.method`` with the noise matrix capped at
+    ``calibrate.max_label_noise``, sharpening no further than ``teacher_min_temperature`` allows."""
+    c = params.calibrate
+    noise = None if estimated is None else capped(estimated, c.max_label_noise)
+    settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, noise)
+    if noise is not None:
+        settings = replace(settings, min_temperature=teacher_min_temperature(logits, y, settings))
+    cal, scores, after = select(c.method, METHODS, logits, y, settings)
+    return cal, scores, after, settings
+
+
 def reliability_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], bins: int, title: str) -> None:
     """Accuracy against confidence per equal-width bin, one line per model."""
     import matplotlib
@@ -101,12 +116,9 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = Path(root)
     logits, y, estimated = calib_logits(params, root)
     c = params.calibrate
-    noise = None if estimated is None else capped(estimated, c.max_label_noise)
     with tracking.stage_run("calibrate", params, root):
-        settings = Settings(c.odir, c.histogram_bins, c.folds, params.seed, noise)
-        if noise is not None:
-            settings = replace(settings, min_temperature=teacher_min_temperature(logits, y, settings))
-        cal, scores, after = select(c.method, METHODS, logits, y, settings)
+        cal, scores, after, settings = fit_teacher_calibrator(params, logits, y, estimated)
+        noise = settings.noise
         cal["noise"] = None if noise is None else noise.tolist()  # distill and compress calibrate with the same T
         before = softmax(logits)
         metrics = {

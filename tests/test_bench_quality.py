@@ -73,3 +73,14 @@ def test_keep_leaves_each_cells_workspace_where_replay_finds_it(bench, monkeypat
     assert [p.name for p in (bench / "kept").iterdir()] == ["tabular-8_20_0"] and (bench / "kept/tabular-8_20_0/repo").is_dir()
     quality.main(["--tables", "tabular-8", "--noise", "0.2", "--seeds", "0", "--no-tie-seed", "--fresh", "--keep", str(bench / "kept")])
     assert len(calls) == 2  # a fresh run of the same cell replaces its kept workspace
+
+
+def test_calibration_bounds_counts_the_true_noise_matrix_by_clean_class():
+    import numpy as np
+
+    from benchmarks.calibration_bounds import true_noise
+
+    clean = np.array([0, 0, 0, 0, 1, 1])
+    given = np.array([0, 0, 0, 1, 1, 1])  # a quarter of class 0 flipped to 1; class 1 untouched; class 2 has no row
+    t = true_noise(clean, given, 3)
+    assert np.allclose(t, [[0.75, 0.25, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
