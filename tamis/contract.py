@@ -175,7 +175,7 @@ def input_file(source: str, key: str, root: str | Path = ".") -> Path:
     """The file a path param (``data.train``, relative to the repository ``root``) names, or one sentence why not."""
     path = Path(root) / source
     if path.is_dir():
-        raise StageError(f"{key}: '{source}' is a directory; expected a .csv or .parquet file.")
+        raise StageError(f"{key}: '{source}' is a directory; expected a table file (.csv, .tsv, .txt, compressed or not, or .parquet).")
     if not path.is_file():
         raise StageError(f"{key}: file '{source}' does not exist.")
     return path

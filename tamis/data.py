@@ -41,18 +41,21 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
         frame.columns = [str(c) for c in frame.columns]
         return frame
     path = input_file(source, key)
-    suffix = path.suffix.lower()
+    kind = table_kind(path)
     try:
-        if suffix in (".csv", ".txt"):
+        if kind == "csv":
             sep = csv_separator(path, source, key)
-            frame = pd.read_csv(path, sep=sep)
+            frame, encoding = read_csv_text(path, source, sep=sep)
             if sep == ";":
                 frame = decimal_commas(frame, source)
-            frame = labels_as_written(frame, path, sep, label)
-        elif suffix in (".parquet", ".pq"):
+            frame = labels_as_written(frame, path, sep, label, encoding)
+        elif kind == "parquet":
             frame = pd.read_parquet(path)
         else:
-            raise StageError(f"{key}: '{source}' should be a .csv or .parquet file.")
+            raise StageError(
+                f"{key}: '{source}' should be a .csv, .tsv or .txt file (or one compressed as "
+                f"{', '.join(COMPRESSED)}) or a .parquet file."
+            )
     except StageError:
         raise
     except Exception as err:  # a parser's own words are the useful part
@@ -66,6 +69,59 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
             f" ({', '.join(META_COLUMNS)}); rename it."
         )
     return frame
+
+
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+COMPRESSED = (".gz", ".bz2", ".xz", ".zip")  # what pandas reads by the file's suffix
+ENCODINGS = ("utf-8", "cp1252", "latin-1")  # tried in turn; latin-1 reads any bytes
+
+
+def table_kind(path: Path) -> str | None:
+    """``"csv"`` for a CSV (``.csv``, ``.tsv``, ``.txt``, also compressed: ``train.csv.gz``), ``"parquet"``, or None."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in CSV_SUFFIXES:
+        return "csv"
+    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else None
+
+
+def table_stem(path: Path) -> str:
+    """A table file's name without its suffixes: ``train`` of ``train.csv`` and of ``train.csv.gz``."""
+    name = path.name
+    if table_kind(path) == "csv" and path.suffix.lower() in COMPRESSED:
+        name = name[: -len(path.suffix)]
+    return Path(name).stem
+
+
+def open_text(path: Path, encoding: str = "utf-8", errors: str = "strict"):
+    """A CSV file opened as text, decompressed by its suffix as pandas does (a .zip holds one file)."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        archive = zipfile.ZipFile(path)
+        return io.TextIOWrapper(archive.open(archive.namelist()[0]), encoding=encoding, errors=errors, newline="")
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
+    return opener(path, "rt", encoding=encoding, errors=errors, newline="")
+
+
+def read_csv_text(path: Path, source: str, say: bool = True, **kwargs: Any) -> tuple[pd.DataFrame, str]:
+    """(``pd.read_csv(path, **kwargs)``, the encoding it was read in): UTF-8, or else Windows-1252 / Latin-1 with a
+    note, as spreadsheets in Western Europe save a CSV (``é`` as one byte, which UTF-8 refuses)."""
+    for encoding in ENCODINGS:
+        try:
+            frame = pd.read_csv(path, encoding=encoding, **kwargs)
+        except UnicodeDecodeError:
+            continue
+        if encoding != "utf-8" and say:
+            print(f"tamis: note: {source} is not UTF-8; read it as {encoding}.", file=sys.stderr)
+        return frame, encoding
+    raise AssertionError("latin-1 decodes any bytes")
 
 
 def reserved_renames(columns) -> dict[str, str]:
@@ -170,9 +226,10 @@ def column_names(source: str, label: str) -> list[str] | None:
         if source.startswith("sklearn:"):
             return list(load_source(source, label).columns)
         path = input_file(source, "data")
-        if path.suffix.lower() in (".csv", ".txt"):
-            return [str(c) for c in pd.read_csv(path, nrows=0, sep=csv_separator(path, source, "data", say=False)).columns]
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if table_kind(path) == "csv":
+            sep = csv_separator(path, source, "data", say=False)
+            return [str(c) for c in read_csv_text(path, source, say=False, nrows=0, sep=sep)[0].columns]
+        if table_kind(path) == "parquet":
             import pyarrow.parquet as pq
 
             return [str(c) for c in pq.read_schema(path).names if not str(c).startswith("__index_level_")]
@@ -181,12 +238,12 @@ def column_names(source: str, label: str) -> list[str] | None:
     return None
 
 
-def labels_as_written(frame: pd.DataFrame, path: Path, sep: str, label: str) -> pd.DataFrame:
+def labels_as_written(frame: pd.DataFrame, path: Path, sep: str, label: str, encoding: str = "utf-8") -> pd.DataFrame:
     """A CSV's label column as its text where reading it as numbers would rename a class: codes such as ``007`` and
     ``012`` would become 7 and 12 in the served labels and the model card, and no longer join with the user's."""
     if label not in frame.columns or not pd.api.types.is_numeric_dtype(frame[label]):
         return frame
-    text = pd.read_csv(path, sep=sep, usecols=[label], dtype=str, keep_default_na=True)[label]
+    text = pd.read_csv(path, sep=sep, usecols=[label], dtype=str, keep_default_na=True, encoding=encoding)[label]
     parsed = frame[label].map(str, na_action="ignore")  # 7 -> '7', 1.5 -> '1.5': what a class is shown as
     if (text.str.strip().fillna("") == parsed.fillna("")).all():
         return frame
@@ -215,7 +272,7 @@ def csv_separator(path: Path, source: str, key: str, say: bool = True) -> str:
     """
     import csv
 
-    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+    with open_text(path, errors="replace") as fh:
         first = fh.readline()
     sep = ","
     header = next(csv.reader([first]), [])

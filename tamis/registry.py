@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from tamis.data import user_names
+from tamis.data import table_stem, user_names
 from tamis.errors import StageError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -39,7 +39,7 @@ def model_name(configured: str, source: str, label: str) -> str:
     """
     if configured != "auto":
         return configured
-    stem = source.split(":", 1)[1] if source.startswith("sklearn:") else Path(source).stem
+    stem = source.split(":", 1)[1] if source.startswith("sklearn:") else table_stem(Path(source))
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"tamis-{stem}-{label}").strip("-")
 
 

@@ -117,7 +117,7 @@ CASES = [
     ("id_label", "ingest", r"^tamis ingest: data\.label: column 'label' in .*bad\.csv has 300 distinct values in 300 rows,"
      r" so it is probably an id or a continuous value"),
     ("int_tiny_class", "validate", r"^tamis validate: .*bad\.csv \(train split\): class 6 has \d training row\(s\)"),
-    ("directory", "ingest", r"^tamis ingest: data\.train: '.*' is a directory; expected a \.csv or \.parquet file\.$"),
+    ("directory", "ingest", r"^tamis ingest: data\.train: '.*' is a directory; expected a table file \(\.csv, \.tsv, \.txt, compressed or not, or \.parquet\)\.$"),
     ("duplicate_columns", "ingest", r"^tamis ingest: data\.train: .*bad\.csv has duplicate column names 'x1'"),
     ("reserved", "ingest", r"^tamis ingest: data\.label: the label column 'split' in .*bad\.csv has a name tamis keeps"
      r" for its own columns \(row_id, split, weight, .*\); rename it\.$"),

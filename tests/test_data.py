@@ -30,8 +30,39 @@ def test_load_csv_parquet_and_bad_suffix(tmp_path):
     (tmp_path / "t.xlsx").write_text("?")
     pd.testing.assert_frame_equal(load_source(str(tmp_path / "t.csv"), "label"), frame)
     pd.testing.assert_frame_equal(load_source(str(tmp_path / "t.parquet"), "label"), frame)
-    with pytest.raises(StageError, match=r"should be a \.csv or \.parquet"):
+    with pytest.raises(StageError, match=r"should be a \.csv, \.tsv or \.txt file .* or a \.parquet file"):
         load_source(str(tmp_path / "t.xlsx"), "label")
+
+
+@pytest.mark.parametrize("name", ["t.csv.gz", "t.csv.bz2", "t.csv.xz", "t.csv.zip", "t.tsv.gz", "t.TXT"])
+def test_compressed_and_tab_separated_csvs_are_read_like_a_csv(tmp_path, name, capsys):
+    frame = pd.DataFrame({"a": [1.5, 2.0, 3.0], "b": ["u", "v", "w"], "label": ["007", "012", "007"]})
+    frame.to_csv(tmp_path / name, index=False, sep="\t" if ".tsv" in name else ",")
+    got = load_source(str(tmp_path / name), "label")
+    pd.testing.assert_frame_equal(got, frame)  # the label codes keep their text, as in a plain CSV
+    assert ("tab-separated" in capsys.readouterr().err) == (".tsv" in name)
+    from tamis.data import column_names
+
+    assert column_names(str(tmp_path / name), "label") == ["a", "b", "label"]
+
+
+def test_a_csv_saved_by_a_western_european_spreadsheet_is_read_with_a_note(tmp_path, capsys):
+    """Windows-1252: é and ’ are one byte each, which UTF-8 refuses; CRLF line ends."""
+    frame = pd.DataFrame({"région": ["Rhône", "Côte d’Or", "Rhône"], "x": [1.0, 2.0, 3.0], "cépage": ["Mérlot", "Syrah", "Mérlot"]})
+    frame.to_csv(tmp_path / "w.csv", index=False, encoding="cp1252", lineterminator="\r\n")
+    got = load_source(str(tmp_path / "w.csv"), "cépage")
+    pd.testing.assert_frame_equal(got, frame)
+    assert "is not UTF-8; read it as cp1252" in capsys.readouterr().err
+    frame.to_csv(tmp_path / "u.csv", index=False, encoding="utf-8-sig")  # UTF-8 with a BOM: no note, same names
+    pd.testing.assert_frame_equal(load_source(str(tmp_path / "u.csv"), "cépage"), frame)
+    assert "UTF-8" not in capsys.readouterr().err
+
+
+def test_a_compressed_tables_model_is_named_for_the_table():
+    from tamis.registry import model_name
+
+    assert model_name("auto", "/data/sales.csv.gz", "churn") == model_name("auto", "/data/sales.csv", "churn") == "tamis-sales-churn"
+    assert model_name("auto", "/data/v1.2_sales.csv", "churn") == "tamis-v1.2_sales-churn"
 
 
 def test_split_is_stratified_disjoint_and_complete():
