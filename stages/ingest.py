@@ -47,8 +47,14 @@ def _load(source: str, label: str, key: str) -> pd.DataFrame:
              " with a column tamis adds, so tamis reads them by another name; serving takes either.")
         frame = frame.rename(columns=renamed)
     if label not in frame.columns:
-        shown = ", ".join(list(frame.columns)[:8]) + (", ..." if frame.shape[1] > 8 else "")
-        raise StageError(f"data.label: column '{label}' is not in {source} (its columns: {shown}).")
+        import difflib
+
+        names = [str(c) for c in frame.columns]
+        close = [c for c in names if c.strip().casefold() == label.strip().casefold()]
+        close = close or difflib.get_close_matches(label, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listed = ", ".join(map(repr, names[:8])) + (", ..." if len(names) > 8 else "")
+        raise StageError(f"data.label: column {label!r} is not in {source} (its columns: {listed}){hint or '.'}")
     index = [c for c in frame.columns if c != label and re.fullmatch(r"Unnamed: \d+", str(c))]
     if index:  # what pandas names the row index that DataFrame.to_csv() writes: a row number, not a feature
         warn("ingest", f"column(s) {', '.join(map(repr, index))} of {source} look like a written row index"

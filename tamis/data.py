@@ -46,6 +46,7 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
         if kind == "csv":
             sep = csv_separator(path, source, key)
             frame, encoding = read_csv_text(path, source, sep=sep)
+            frame = names_stripped(frame, source)
             if sep == ";":
                 frame = decimal_commas(frame, source)
             frame = labels_as_written(frame, path, sep, label, encoding)
@@ -63,6 +64,7 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
     if frame.empty:
         raise StageError(f"{key}: '{source}' has no rows.")
     frame.columns = [str(c) for c in frame.columns]
+    frame = names_stripped(frame, source)
     if label in META_COLUMNS and label in frame.columns:
         raise StageError(
             f"data.label: the label column '{label}' in {source} has a name tamis keeps for its own columns"
@@ -124,6 +126,23 @@ def read_csv_text(path: Path, source: str, say: bool = True, **kwargs: Any) -> t
     raise AssertionError("latin-1 decodes any bytes")
 
 
+def stripped_names(columns) -> dict[str, str]:
+    """Column names with spaces around them (a header written ``a, b, label``) -> the names without, where that
+    keeps every name distinct: ``label`` is what a user reads in such a header and passes as ``data.label``."""
+    renames = {c: c.strip() for c in map(str, columns) if c != c.strip()}
+    names = [renames.get(c, c) for c in map(str, columns)]
+    return renames if len(set(names)) == len(names) else {}
+
+
+def names_stripped(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """``frame`` with :func:`stripped_names` applied, and a note naming them (serving matches them either way)."""
+    renames = stripped_names(frame.columns)
+    if renames:
+        print(f"tamis: note: {source}'s column names {', '.join(map(repr, renames))} are read without their spaces.",
+              file=sys.stderr)
+    return frame.rename(columns=renames) if renames else frame
+
+
 def reserved_renames(columns) -> dict[str, str]:
     """Feature columns named like a column tamis adds (``META_COLUMNS``: a 'weight' or 'split' feature is common),
     and the names tamis reads them by: the name with '_' appended until it is free. Serving renames the same way
@@ -146,9 +165,11 @@ def user_names(columns) -> dict[str, str]:
 
 
 def as_trained(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """A served table with its feature columns under the names training read them by (:func:`reserved_renames`)."""
-    renames = {f.rstrip("_"): f for f in features
-               if f not in frame.columns and f.rstrip("_") in META_COLUMNS and f.rstrip("_") in frame.columns}
+    """A served table with its feature columns under the names training read them by: without the spaces around
+    them (:func:`stripped_names`), and renamed off tamis's own column names (:func:`reserved_renames`)."""
+    renames = {c: c.strip() for c in stripped_names(frame.columns) if c.strip() in features and c.strip() not in frame.columns}
+    renames |= {f.rstrip("_"): f for f in features
+                if f not in frame.columns and f.rstrip("_") in META_COLUMNS and f.rstrip("_") in frame.columns}
     return frame.rename(columns=renames) if renames else frame
 
 
@@ -228,7 +249,8 @@ def column_names(source: str, label: str) -> list[str] | None:
         path = input_file(source, "data")
         if table_kind(path) == "csv":
             sep = csv_separator(path, source, "data", say=False)
-            return [str(c) for c in read_csv_text(path, source, say=False, nrows=0, sep=sep)[0].columns]
+            names = [str(c) for c in read_csv_text(path, source, say=False, nrows=0, sep=sep)[0].columns]
+            return [stripped_names(names).get(c, c) for c in names]
         if table_kind(path) == "parquet":
             import pyarrow.parquet as pq
 
@@ -243,7 +265,8 @@ def labels_as_written(frame: pd.DataFrame, path: Path, sep: str, label: str, enc
     ``012`` would become 7 and 12 in the served labels and the model card, and no longer join with the user's."""
     if label not in frame.columns or not pd.api.types.is_numeric_dtype(frame[label]):
         return frame
-    text = pd.read_csv(path, sep=sep, usecols=[label], dtype=str, keep_default_na=True, encoding=encoding)[label]
+    at = list(frame.columns).index(label)  # by position: the file's own name may have spaces around it
+    text = pd.read_csv(path, sep=sep, usecols=[at], dtype=str, keep_default_na=True, encoding=encoding).iloc[:, 0]
     parsed = frame[label].map(str, na_action="ignore")  # 7 -> '7', 1.5 -> '1.5': what a class is shown as
     if (text.str.strip().fillna("") == parsed.fillna("")).all():
         return frame

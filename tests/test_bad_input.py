@@ -105,7 +105,7 @@ def write_input(case: str, tmp_path: Path) -> list[str]:
 CASES = [
     # (case, stage that must refuse, what the sentence must say)
     ("missing_file", "ingest", r"^tamis ingest: data\.train: file '.*/missing\.csv' does not exist\.$"),
-    ("no_label", "ingest", r"^tamis ingest: data\.label: column 'label' is not in .*bad\.csv \(its columns: x1, x2, color\)\.$"),
+    ("no_label", "ingest", r"^tamis ingest: data\.label: column 'label' is not in .*bad\.csv \(its columns: 'x1', 'x2', 'color'\)\.$"),
     ("label_nulls", "validate", r"^tamis validate: .*bad\.csv \(train split\): label column 'label' has nulls"),
     ("one_class", "validate", r"^tamis validate: .*bad\.csv \(train split\): label column 'label' holds only one class"),
     ("tiny_class", "validate", r"^tamis validate: .*bad\.csv \(train split\): class 'rare' has \d training row\(s\), fewer than audit\.folds=5"),
@@ -181,6 +181,17 @@ def test_label_spellings_are_folded_when_asked(good_workspace, tmp_path, monkeyp
         assert code == 0, err
     classes = pd.read_parquet(repo / "data/validated/train.parquet")["label"].unique()
     assert sorted(classes) == ["c0", "c1", "c2"]
+
+
+def test_a_label_column_not_in_the_table_names_the_close_one(tmp_path):
+    from stages.ingest import _load
+    from tamis.errors import StageError
+
+    mixed_table(20).rename(columns={"label": "Risk Level"}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(StageError, match=r"column 'risk level' is not in .*'Risk Level'\); did you mean 'Risk Level'\?$"):
+        _load(str(tmp_path / "t.csv"), "risk level", "data.train")
+    with pytest.raises(StageError, match=r"column 'nope' is not in .*'Risk Level'\)\.$"):
+        _load(str(tmp_path / "t.csv"), "nope", "data.train")
 
 
 def test_a_semicolon_separated_file_is_read_with_its_separator(good_workspace, tmp_path, monkeypatch, capsys):
@@ -360,6 +371,6 @@ def test_tamis_run_on_bad_input_says_one_sentence_without_prefects_traceback(tmp
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"tamis: stage 'ingest' failed: data.label: column 'nope' is not in {tmp_path / 't.csv'} (its columns: x1, x2, color, label).")
+        f"tamis: stage 'ingest' failed: data.label: column 'nope' is not in {tmp_path / 't.csv'} (its columns: 'x1', 'x2', 'color', 'label').")
     assert "Traceback" not in proc.stderr and "Encountered exception during execution" in proc.stderr  # the line stays
     assert (repo / "params.yaml").read_text() == params

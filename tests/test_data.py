@@ -132,3 +132,18 @@ def test_a_csv_label_keeps_its_codes_where_numbers_would_rename_classes(tmp_path
     frame.assign(grade=[0, 1, 2, 0, 1, 2]).to_csv(tmp_path / "ints.csv", index=False)  # plain numbers stay numbers
     got = load_source(str(tmp_path / "ints.csv"), "grade")["grade"]
     assert pd.api.types.is_integer_dtype(got) and got.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_a_header_written_with_spaces_after_the_commas_is_read_by_its_plain_names(tmp_path, capsys):
+    """``x, color, label``: pandas names the columns ' color' and ' label'; a user passes data.label=label."""
+    (tmp_path / "t.csv").write_text("x, color, label\n1.5, red, 007\n2.5, blue, 012\n")
+    got = load_source(str(tmp_path / "t.csv"), "label")
+    assert list(got.columns) == ["x", "color", "label"] and "' color', ' label'" in capsys.readouterr().err
+    assert got["x"].tolist() == [1.5, 2.5] and got["label"].tolist() == ["007", "012"]  # codes keep their text
+    from tamis.data import as_trained, column_names
+
+    assert column_names(str(tmp_path / "t.csv"), "label") == ["x", "color", "label"]
+    served = pd.read_csv(tmp_path / "t.csv")  # serving gets the table as pandas reads it
+    assert list(as_trained(served, ["x", "color"]).columns) == ["x", "color", " label"]
+    (tmp_path / "twins.csv").write_text("a,a ,label\n1,2,x\n")  # stripping would make two 'a': names stay
+    assert list(load_source(str(tmp_path / "twins.csv"), "label").columns) == ["a", "a ", "label"]
