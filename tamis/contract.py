@@ -232,6 +232,15 @@ def warning_prefix(stage: str) -> str:
     return f"tamis {stage}: warning: "
 
 
+NOTE_PREFIX = "tamis: note: "
+
+
+def note(message: str) -> None:
+    """How a table was read where it was not plain (a separator, an encoding): one line on stderr; ``tamis run``
+    logs it with its stage."""
+    print(NOTE_PREFIX + message, file=sys.stderr)
+
+
 def warn(stage: str, message: str) -> None:
     """Something left out or a demo setting on real data: one line on stderr, the run goes on."""
     print(warning_prefix(stage) + message, file=sys.stderr)

@@ -6,7 +6,6 @@ the table it was read from, so any row of any split traces back to the input.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tamis import paths
-from tamis.contract import StageError, input_file, read_json
+from tamis.contract import StageError, input_file, note, read_json
 
 SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer")
 ROW_ID = "row_id"
@@ -121,7 +120,7 @@ def read_csv_text(path: Path, source: str, say: bool = True, **kwargs: Any) -> t
         except UnicodeDecodeError:
             continue
         if encoding != "utf-8" and say:
-            print(f"tamis: note: {source} is not UTF-8; read it as {encoding}.", file=sys.stderr)
+            note(f"{source} is not UTF-8; read it as {encoding}.")
         return frame, encoding
     raise AssertionError("latin-1 decodes any bytes")
 
@@ -138,8 +137,7 @@ def names_stripped(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """``frame`` with :func:`stripped_names` applied, and a note naming them (serving matches them either way)."""
     renames = stripped_names(frame.columns)
     if renames:
-        print(f"tamis: note: {source}'s column names {', '.join(map(repr, renames))} are read without their spaces.",
-              file=sys.stderr)
+        note(f"{source}'s column names {', '.join(map(repr, renames))} are read without their spaces.")
     return frame.rename(columns=renames) if renames else frame
 
 
@@ -283,8 +281,7 @@ def decimal_commas(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         if len(text) and text.str.fullmatch(r"[-+]?\d*,\d+|[-+]?\d+").all() and text.str.contains(",").any():
             numbers[col] = pd.to_numeric(frame[col].astype(str).str.strip().str.replace(",", ".", regex=False).where(frame[col].notna()))
     if numbers:
-        print(f"tamis: note: {source} writes decimals with a comma in {', '.join(map(repr, numbers))}; read them as numbers.",
-              file=sys.stderr)
+        note(f"{source} writes decimals with a comma in {', '.join(map(repr, numbers))}; read them as numbers.")
     return frame.assign(**numbers)
 
 
@@ -304,7 +301,7 @@ def csv_separator(path: Path, source: str, key: str, say: bool = True) -> str:
         if sep != ",":
             header = next(csv.reader([first], delimiter=sep))
             if say:
-                print(f"tamis: note: {source} is {'tab' if sep == chr(9) else repr(sep)}-separated; read it so.", file=sys.stderr)
+                note(f"{source} is {'tab' if sep == chr(9) else repr(sep)}-separated; read it so.")
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
         raise StageError(
