@@ -148,3 +148,18 @@ def test_auto_teacher_keeps_the_candidate_with_the_best_noise_aware_score(worksp
     model, _, _ = load_model(workspace / "models/teacher.pt")
     kind = {1.0: "mlp", 0.0: "forest"}.get(choice["mlp_weight"], "blend")
     assert model.arch.get("kind", "mlp") == kind and "mlp" in metrics and "hgb" in metrics
+
+
+def test_the_teacher_blend_nearest_the_audits_own_mlp_share_is_tried_first(tmp_path):
+    """Where the calib split cannot tell the blends apart, the one nearest the audit's out-of-fold MLP share wins."""
+    assert train.blend_order(tmp_path) == train.BLEND_GRID  # no audit metrics: the MLP first, as before
+    (tmp_path / "metrics").mkdir()
+    for share, order in ((0.3, (0.25, 0.5, 0.0, 0.75, 1.0)), (0.625, (0.75, 0.5, 1.0, 0.25, 0.0)), (1.0, train.BLEND_GRID)):
+        (tmp_path / "metrics/audit.json").write_text(json.dumps({"model_weights": {"mlp": share, "hgb": 1 - share}}))
+        assert train.blend_order(tmp_path) == order, share
+    from tamis.calibration import within_one_se
+
+    tie = {w: np.full(16, 0.037) for w in train.BLEND_GRID}  # iris: every blend right on all 16 calib rows
+    assert within_one_se(tie, train.blend_order(tmp_path))[0] == 1.0
+    (tmp_path / "metrics/audit.json").write_text(json.dumps({"model_weights": {"mlp": 0.3, "hgb": 0.7}}))
+    assert within_one_se(tie, train.blend_order(tmp_path))[0] == 0.25
