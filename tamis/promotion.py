@@ -80,7 +80,7 @@ def decide(challenger: Scores | None, champion: Scores | None, gate_passed: bool
     if p.max_ece is not None and challenger.ece > p.max_ece:
         return Decision(False, f"ECE {challenger.ece:.4f} is above promote.max_ece {p.max_ece:g}")
     if champion is None:
-        return Decision(True, "no champion yet")
+        return Decision(True, "the first to pass the gate, no champion before")
     f1_gain = challenger.macro_f1 - champion.macro_f1
     details = {"macro_f1_gain": f1_gain, "ece_rise": challenger.ece - champion.ece}
     if f1_gain <= 0 or f1_gain < p.min_gain:
