@@ -212,6 +212,8 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
         except STOPPED:
             client.set_terminated(child, "KILLED")
             raise
+        for line in [ln for ln in proc.stderr.splitlines() if ln.startswith(NOTE_PREFIX)]:
+            logger.info("%s", line)  # how the table was read (a separator, an encoding), a failed stage's too
         if proc.returncode != 0:
             client.set_terminated(child, "FAILED")
             said = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"tamis {stage}: ")]
@@ -221,8 +223,6 @@ def run_stage(stage: str, repo: str, parent_run_id: str, experiment_id: str, nee
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith(warning_prefix(stage))] if needs_dvc else []
     for line in warnings:
         logger.warning("%s", line)
-    for line in [ln for ln in proc.stderr.splitlines() if ln.startswith(NOTE_PREFIX)] if needs_dvc else []:
-        logger.info("%s", line)  # how the table was read (a separator, an encoding)
     executed = client.get_run(child).data.tags.get(tracking.EXECUTED_TAG) == "true"
     restored = needs_dvc and "is cached - skipping run" in proc.stdout + proc.stderr  # from the run-cache
     tags = {f"dvc.dep.{path}": md5 for path, md5 in dvcfiles.lock_hashes(stage, root).items()}
