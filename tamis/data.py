@@ -51,6 +51,8 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
             frame = labels_as_written(frame, path, sep, label, encoding)
         elif kind == "parquet":
             frame = pd.read_parquet(path)
+            frame.columns = [str(c) for c in frame.columns]  # a CSV's header is text already
+            frame = names_stripped(frame, source)
         else:
             raise StageError(
                 f"{key}: '{source}' should be a .csv, .tsv or .txt file (or one compressed as "
@@ -62,8 +64,6 @@ def load_source(source: str, label: str, key: str = "data.train") -> pd.DataFram
         raise StageError(f"{key}: could not read '{source}' ({type(err).__name__}: {err}).") from None
     if frame.empty:
         raise StageError(f"{key}: '{source}' has no rows.")
-    frame.columns = [str(c) for c in frame.columns]
-    frame = names_stripped(frame, source)
     if label in META_COLUMNS and label in frame.columns:
         raise StageError(
             f"data.label: the label column '{label}' in {source} has a name tamis keeps for its own columns"
@@ -165,7 +165,7 @@ def user_names(columns) -> dict[str, str]:
 def as_trained(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """A served table with its feature columns under the names training read them by: without the spaces around
     them (:func:`stripped_names`), and renamed off tamis's own column names (:func:`reserved_renames`)."""
-    renames = {c: c.strip() for c in stripped_names(frame.columns) if c.strip() in features and c.strip() not in frame.columns}
+    renames = {c: name for c, name in stripped_names(frame.columns).items() if name in features and name not in frame.columns}
     renames |= {f.rstrip("_"): f for f in features
                 if f not in frame.columns and f.rstrip("_") in META_COLUMNS and f.rstrip("_") in frame.columns}
     return frame.rename(columns=renames) if renames else frame
@@ -248,7 +248,8 @@ def column_names(source: str, label: str) -> list[str] | None:
         if table_kind(path) == "csv":
             sep = csv_separator(path, source, "data", say=False)
             names = [str(c) for c in read_csv_text(path, source, say=False, nrows=0, sep=sep)[0].columns]
-            return [stripped_names(names).get(c, c) for c in names]
+            stripped = stripped_names(names)
+            return [stripped.get(c, c) for c in names]
         if table_kind(path) == "parquet":
             import pyarrow.parquet as pq
 
