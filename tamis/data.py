@@ -105,8 +105,9 @@ def open_text(path: Path, encoding: str = "utf-8", errors: str = "strict"):
 
     suffix = path.suffix.lower()
     if suffix == ".zip":
-        archive = zipfile.ZipFile(path)
-        return io.TextIOWrapper(archive.open(archive.namelist()[0]), encoding=encoding, errors=errors, newline="")
+        with zipfile.ZipFile(path) as archive:  # the open member keeps the file open until it is closed itself
+            member = archive.open(archive.namelist()[0])
+        return io.TextIOWrapper(member, encoding=encoding, errors=errors, newline="")
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
     return opener(path, "rt", encoding=encoding, errors=errors, newline="")
 
