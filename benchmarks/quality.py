@@ -268,14 +268,62 @@ def collect(mode: str, notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         record = json.loads(path.read_text())
         groups.setdefault((record["table"], record["noise"]), []).append(record)
     order = {name: i for i, name in enumerate(ALL_TABLES)}
-    cells = {}
-    for (name, rate), runs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+    cells, ordered = {}, sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1]))
+    for (name, rate), runs in ordered:
         runs.sort(key=lambda r: r["seed"])
         cells[f"{name}, {rate:.0%} noise"] = {
             "table": name, "noise": rate, "held_out": name in real.HELD_OUT, "seeds": [r["seed"] for r in runs],
             "commits": sorted({r["commit"] or "?" for r in runs}), "models": aggregate(runs),
         }
-    return {"cells": cells, "tables": {n: notes[n] for n in ALL_TABLES if n in notes}}
+    seeds = [done_when_row(r) for _, runs in ordered for r in runs if r["noise"] > 0]
+    return {"cells": cells, "tables": {n: notes[n] for n in ALL_TABLES if n in notes}, "done_when": seeds}
+
+
+ECE_TARGET, CEILING_SHARE = 0.03, 0.95  # issue 11's done-when, per noisy cell and seed
+
+
+def done_when_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One stored noisy cell against issue 11's done-when: shipped ECE, never worse than the raw teacher beyond its
+    bootstrap interval, macro-F1 against every noisy-label peer and the clean ceiling, detection against
+    CleanLearning(HGB). A number the cell's code did not record is None."""
+    m = record["models"]
+    shipped, check = m[TAMIS["final"]], m.get(CHECK, {})
+    best = max(PEERS, key=lambda p: m[p]["macro_f1"])
+    detection = lambda model: m[model].get("detection", {}).get("f1")
+    return {"table": record["table"], "held_out": record["table"] in real.HELD_OUT, "noise": record["noise"],
+            "seed": record["seed"], "commit": record["commit"], "ece": shipped["ece"], "ece_floor": check.get("ece_floor"),
+            "raw_teacher_ece": check.get("raw_teacher_ece"),
+            "worse_than_raw": bool(check["worse_than_raw"]) if "worse_than_raw" in check else None,
+            "macro_f1": shipped["macro_f1"], "best_peer": best, "gap": shipped["macro_f1"] - m[best]["macro_f1"],
+            "of_ceiling": shipped["macro_f1"] / m[CEILING]["macro_f1"],
+            "detection": detection(TAMIS["final"]), "detection_cl": detection("CleanLearning(HGB)")}
+
+
+def done_when_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-seed table of :func:`done_when_row` and how many cells meet each criterion."""
+    num = lambda v, f=".3f": "n.r." if v is None else format(v, f)
+    yes = lambda ok: "n.r." if ok is None else ("yes" if ok else "no")
+    lines = ["| table | noise | seed | shipped ECE (floor) | ≤ 0.03 | raw teacher ECE | worse than raw beyond its interval "
+             "| shipped macro-F1 − best noisy peer | ≥ 95% of ceiling (20%) | detection F1 tamis / CL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        det_ok = None if None in (r["detection"], r["detection_cl"]) else r["detection"] >= r["detection_cl"]
+        lines.append(
+            f"| {r['table']}{' (held out)' if r['held_out'] else ''} | {r['noise']:.0%} | {r['seed']} "
+            f"| {r['ece']:.3f} ({num(r['ece_floor'])}) | {yes(r['ece'] <= ECE_TARGET)} | {num(r['raw_teacher_ece'])} "
+            f"| {yes(r['worse_than_raw'])} | {r['gap']:+.3f} ({r['best_peer']}) "
+            f"| {format(r['of_ceiling'], '.0%') if r['noise'] < 0.3 else '—'} "
+            f"| {num(r['detection'], '.2f')} / {num(r['detection_cl'], '.2f')} {'' if det_ok is None else '✓' if det_ok else '✗'} |")
+    at20 = [r for r in rows if r["noise"] < 0.3]
+    met = {"shipped ECE ≤ 0.03": sum(r["ece"] <= ECE_TARGET for r in rows),
+           "never above the raw teacher's ECE beyond its interval": sum(r["worse_than_raw"] is False for r in rows),
+           "shipped macro-F1 ≥ every noisy-label peer": sum(r["gap"] >= 0 for r in rows),
+           "audit detection F1 ≥ CleanLearning(HGB)": sum(
+               None not in (r["detection"], r["detection_cl"]) and r["detection"] >= r["detection_cl"] for r in rows)}
+    lines += ["", "| criterion | cells met |", "|---|---|"]
+    lines += [f"| {name} | {n} of {len(rows)} |" for name, n in met.items()]
+    lines.append(f"| ≥ 95% of the clean ceiling at 20% noise | {sum(r['of_ceiling'] >= CEILING_SHARE for r in at20)} of {len(at20)} |")
+    return lines
 
 
 def table(result: dict[str, Any]) -> str:
@@ -302,6 +350,10 @@ def table(result: dict[str, Any]) -> str:
     for title, cells in (("Tuning tables", tuning), ("Held-out tables (never used to tune tamis)", held)):
         if cells:
             lines += [f"**{title}**: macro-F1 on the clean test split, mean ± std over seeds", "", *_matrix(cells), ""]
+    if result.get("done_when") and not result.get("quick"):
+        lines += ["**Against issue 11's done-when, cell by cell** (each noisy cell and seed; \"floor\" is the ECE a perfectly "
+                  "calibrated model with the shipped confidences would show on that test split)", "",
+                  *done_when_table(result["done_when"]), ""]
     if result.get("failures"):
         lines += ["Failed cells: " + "; ".join(result["failures"]), ""]
     return "\n".join(lines)

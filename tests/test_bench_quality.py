@@ -47,6 +47,12 @@ def test_cells_are_stored_resumed_and_reported_by_table_and_noise(bench, monkeyp
     assert "Held-out" not in quality.table(result) and "tabular-8 | 20% | 2 |" in quality.table(result)
     # the shipped ECE against the raw teacher's: seed 1 was worse beyond its interval, and the floor is reported
     assert "| 0.050 / 0.050 / 0.050 | 0.020 | 1 of 2 |" in quality.table(result), quality.table(result)
+    # issue 11's done-when per noisy seed (the 0% cells have nothing to detect): 0.05 > 0.03, seed 1 worse than raw
+    assert [(r["noise"], r["seed"]) for r in result["done_when"]] == [(0.2, 0), (0.2, 1)]
+    report = quality.table(result)
+    assert "| tabular-8 | 20% | 1 | 0.050 (0.020) | no | 0.040 | yes | +0.050 (HGB (noisy labels)) | 106% | n.r. / n.r.  |" in report
+    assert "| shipped ECE ≤ 0.03 | 0 of 2 |" in report and "| never above the raw teacher's ECE beyond its interval | 1 of 2 |" in report
+    assert "| shipped macro-F1 ≥ every noisy-label peer | 2 of 2 |" in report and "at 20% noise | 2 of 2 |" in report
     import json
     stored = json.loads((bench / "cells" / "full" / "tabular-8_noise20_seed1.json").read_text())
     assert stored["diagnostics"]["calibrate"]["temperature"] == 2.5 and "diagnostics" not in stored["models"]
