@@ -182,6 +182,9 @@ IMAGE_ISSUE_TYPES = (
 
 class AuditParams(FitParams):
     folds: int = Field(5, ge=2)
+    repeats: int | Literal["auto"] = "auto"
+    """Repeated K-fold: each train row's out-of-fold probabilities averaged over this many shuffles (auto: more
+    on a small table, one on a large one)."""
     epochs: int = Field(25, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [128], min_length=1)
     models: Literal["mlp", "hgb", "both"] = "both"

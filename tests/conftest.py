@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Few epochs, few folds: the pipeline's wiring under test, not its accuracy.
 FAST = [
     "audit.folds=3",
+    "audit.repeats=1",
     "audit.epochs=3",
     "audit.hidden=[32]",
     "train.epochs=4",

@@ -16,6 +16,7 @@ from tamis.contract import StageError, dumps
 
 FAST_AUDIT = {
     "folds": 3,
+    "repeats": 1,
     "epochs": 6,
     "hidden": [16],
     "batch_size": 32,
@@ -118,6 +119,24 @@ def test_planted_label_outlier_and_leak_are_found(planted):
     assert set(noise["noise_rate_per_class"]) == {"a", "b", "c"}
     report = (planted / paths.AUDIT_REPORT).read_text()
     assert "data:image/png;base64," in report and "leakage" in report
+
+
+def test_a_small_table_repeats_its_folds(planted):
+    """auto: about 1,000 held-out rows, at most 5 repeats; each repeat a new shuffle whose fold models all count."""
+    assert [audit.fold_repeats("auto", n) for n in (40, 180, 212, 400, 834, 50_000)] == [5, 5, 5, 2, 1, 1]
+    assert audit.fold_repeats(3, 50_000) == 3
+    params = lambda repeats: parse_params({"audit": {**FAST_AUDIT, "models": "hgb", "issue_types": ["label"],
+                                                     "repeats": repeats}})
+    probs = {}
+    for repeats in (1, 2):
+        metrics = audit.run(params(repeats), planted)
+        assert metrics["fold_repeats"] == repeats
+        issues = pd.read_parquet(planted / paths.ISSUES)
+        train = issues[issues["split"] == "train"].set_index("row_id")
+        assert train.at[0, "is_label_issue"]  # the planted flip is found either way
+        probs[repeats] = issues[[c for c in issues.columns if c.startswith("prob_")]].to_numpy()
+    assert np.allclose(probs[2].sum(axis=1), 1.0)
+    assert not np.allclose(probs[1], probs[2])  # the second shuffle's fold models were averaged in
 
 
 def test_test_rows_are_audited_without_training_on_them(planted):
