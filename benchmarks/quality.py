@@ -422,6 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default {' '.join(map(str, SEEDS))}")
     parser.add_argument("--no-tie-seed", action="store_true", help="no third seed where tamis and a peer are within a point")
     parser.add_argument("--fresh", action="store_true", help="re-run the selected cells even where they are stored")
+    parser.add_argument("--report", action="store_true", help="run nothing: the tables from the stored cells only")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep each run cell's workspace in this folder (for python -m benchmarks.replay)")
     args = parser.parse_args(argv)
@@ -431,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = QUICK_OVERRIDES if args.quick else []
     mode = "quick" if args.quick else "full"
     notes, failures = {}, []
-    for name in names:
+    for name in [] if args.report else names:
         frame, notes[name] = load_table(name, args.quick)
         for rate in noise:
             attempt = lambda seed: _attempt(failures, mode, name, frame, rate, seed, overrides, args.fresh, args.keep)

@@ -42,6 +42,8 @@ def test_cells_are_stored_resumed_and_reported_by_table_and_noise(bench, monkeyp
                                                                                      "variants/student1.onnx"]
     quality.main(argv)
     assert len(calls) == 4  # resumed: nothing ran again
+    reported = quality.main(["--report", "--noise", "0.35"])  # the stored cells, whatever was asked to run
+    assert len(calls) == 4 and set(reported["cells"]) == set(result["cells"])
     quality.main([*argv, "--fresh"])
     assert len(calls) == 8
     assert "Held-out" not in quality.table(result) and "tabular-8 | 20% | 2 |" in quality.table(result)
