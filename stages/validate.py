@@ -72,6 +72,9 @@ ROW_NUMBER_NAMES = frozenset({"rownames", "unnamed: 0", "", "index", "id", "rowi
                               "...1"})
 
 
+FREE_TEXT_WORDS = 3  # a text column whose values have this many words or more (median) is prose, not a name
+
+
 def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str, str]:
     """Feature columns (not listed by the user) that name a row instead of describing it, with why, when
     ``validate.identifiers`` is drop: text with a new value in most rows (ids, names, free text) and whole numbers
@@ -91,6 +94,8 @@ def identifiers(rows: pd.DataFrame, schema: Schema, params: Params) -> dict[str,
         s = rows[col]
         if col in schema.categorical and looks_like_id(s):
             found[col] = f"{s.nunique()} distinct values in {s.notna().sum()} rows"
+            if s.dropna().astype(str).str.split().str.len().median() >= FREE_TEXT_WORDS:  # a review, a description
+                found[col] += "; free text, which tamis makes no features of"
         elif col in schema.numeric and pd.api.types.is_integer_dtype(s) and not s.isna().any() and s.is_unique:
             if int(s.max()) - int(s.min()) + 1 <= 2 * len(s):
                 found[col] = f"{len(s)} distinct whole numbers in {int(s.min())}..{int(s.max())}, one per row"

@@ -38,6 +38,10 @@ def test_identifiers_are_text_new_in_most_rows_and_whole_numbers_counting_the_ro
     assert set(found) == {"rownames", "customer"} and found["rownames"].startswith("named like a row number")
     named["rownames"] = named["rownames"] % 7  # repeats: not one per row, kept whatever its name
     assert set(identifiers(named, infer_schema(named, params), params)) == {"customer"}
+    words = np.array(["good", "bad", "late", "fine", "broken", "fast"])
+    reviews = frame.assign(customer=[" ".join(words[[i % 6, i % 5, i % 4]]) + f" order {i}" for i in range(len(frame))])
+    found = identifiers(reviews, infer_schema(reviews, params), params)  # free text: said so, as a customer id is not
+    assert found["customer"] == "300 distinct values in 300 rows; free text, which tamis makes no features of"
     params.data.categorical = ["customer"]  # the user says it is a category: kept
     assert set(identifiers(frame, infer_schema(frame, params), params)) == {"row"}
     params.validate_.identifiers = "keep"
