@@ -197,6 +197,13 @@ class AuditParams(FitParams):
     """Leakage: a near duplicate in another split counts when every number is within this many std."""
     issue_types: list[str] = Field(default_factory=lambda: list(AUDIT_ISSUE_TYPES), min_length=1)
 
+    @field_validator("repeats", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("should be a whole number of at least 1, or 'auto'")
+
     @field_validator("issue_types", mode="before")
     @classmethod
     def _yaml_null(cls, value: Any) -> Any:

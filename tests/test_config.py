@@ -38,6 +38,13 @@ def test_impossible_fraction_names_the_key():
         parse_params({"data": {"test_size": 1.5}})
 
 
+def test_a_count_or_auto_takes_nothing_else():
+    assert parse_params({"audit": {"repeats": 3}}).audit.repeats == 3
+    for bad in (0, "sometimes", 2.5):
+        with pytest.raises(ConfigError, match=rf"audit\.repeats: .*at least 1, or 'auto', got {bad!r}"):
+            parse_params({"audit": {"repeats": bad}})
+
+
 def test_splits_must_leave_training_rows():
     with pytest.raises(ConfigError, match=r"data: calib_size \+ test_size is 0\.9"):
         parse_params({"data": {"test_size": 0.5, "calib_size": 0.4}})
