@@ -241,8 +241,8 @@ def fold_repeats(asked: int | str, rows: int) -> int:
     detection F1 in 7 of 8 tuning cells (ad_data 0.478 -> 0.506, penguins 0.856 -> 0.877) and left titanic's 834
     rows level; a large table gains nothing and pays every fit again, so it keeps one."""
     if asked != "auto":
-        return int(asked)
-    return int(min(MAX_REPEATS, max(1, round(HELD_OUT_ROWS / max(rows, 1)))))
+        return asked
+    return min(MAX_REPEATS, max(1, round(HELD_OUT_ROWS / max(rows, 1))))
 
 
 WEIGHT_GRID = np.linspace(0.0, 1.0, 11)  # the MLP's share in the mixture of the two families
